@@ -1,0 +1,271 @@
+"""Many multinomial logistic heads trained by minibatch SGD in one vectorised pass.
+
+All heads (learning rates × seeds) live in one tensor ``W [H, D, C]``. Each head has its
+own initialisation and its own shuffling, both drawn from a `torch.Generator` seeded with
+the head's seed, so every head ends exactly where training it alone would take it (the
+gradient of each head depends only on its own weights and its own minibatch). One step
+gathers ``X[perm_h[batch]]`` for all heads (``[H, B, D]``) and does two batched GEMMs.
+
+The update is PyTorch's ``optim.SGD`` (momentum with dampening 0, coupled weight decay on
+weight and bias, no Nesterov), so a plain ``nn.Linear`` + ``optim.SGD`` loop fed the same
+minibatches reproduces each head to float rounding (tests/test_heads_sgd.py checks it).
+Defaults follow the BiT head recipe (DESIGN.md): lr 0.001, batch 32768, 100 epochs, no
+weight decay, and BiT's momentum 0.9.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from probekit.errors import UserError
+from probekit.heads.evaluation import (
+    check_features,
+    check_labels,
+    check_positive_list,
+    evaluate_all,
+    make_eval_sets,
+    predict_heads,
+    resolve_device,
+    to_tensor,
+)
+
+SCHEDULES = ("constant", "cosine", "step")
+INITS = ("uniform", "zeros")
+STORAGE = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class EvalPoint:
+    """What a solver hands its callback at every evaluation, for all heads at once."""
+
+    step: int
+    epoch: float
+    loss: np.ndarray | None  # [H] training loss of the last step (None before the first)
+    acc: dict[str, np.ndarray]  # eval-set name -> accuracy [H]
+    extra: dict = field(default_factory=dict)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at 0-based optimiser step `step` of `total`.
+
+    ``cosine``: half-cosine from 1 to 0; ``step``: ×0.1 at 30 %, 60 % and 90 % of training.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
+    if schedule == "step":
+        return 0.1 ** sum(step >= int(f * total) for f in (0.3, 0.6, 0.9))
+    raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def init_head(seed: int, n_features: int, n_classes: int, kind: str = "uniform") -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """A fresh head ``(W [D, C], b [C])`` and the generator that then drives its shuffling.
+
+    ``uniform`` draws like ``nn.Linear``'s default (U(±1/√D) for weight and bias);
+    ``zeros`` is BiT's zero-initialised head (seeds then differ only by shuffling).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    if kind == "zeros":
+        return torch.zeros(n_features, n_classes), torch.zeros(n_classes), g
+    if kind != "uniform":
+        raise UserError(f"unknown head init {kind!r}; choose one of {', '.join(INITS)}")
+    bound = 1.0 / math.sqrt(n_features)
+    W = torch.empty(n_classes, n_features).uniform_(-bound, bound, generator=g)
+    b = torch.empty(n_classes).uniform_(-bound, bound, generator=g)
+    return W.T.contiguous(), b, g
+
+
+def epoch_order(g: torch.Generator, n: int) -> torch.Tensor:
+    """The next epoch's shuffling of `n` rows for the head owning generator `g`."""
+    return torch.randperm(n, generator=g)
+
+
+def head_id(lr: float, seed: int) -> str:
+    return f"lr={lr:g},seed={seed}"
+
+
+class SGDHeads:
+    """Train ``len(lrs) * len(seeds)`` logistic heads jointly; scikit-learn style.
+
+    Learned: ``coef_ [H, C, D]``, ``intercept_ [H, C]``, ``heads_`` (one dict per head with
+    ``head``, ``lr``, ``seed``), ``n_classes_``, ``n_steps_``. Heads are ordered lr-major.
+    ``init=(W [C, D] or [H, C, D], b [C] or [H, C])`` starts every head from given weights
+    (e.g. a zero-shot head) instead of a fresh draw.
+    """
+
+    def __init__(self, lrs: Sequence[float] = (0.001,), seeds: Sequence[int] = (0,), *, batch_size: int = 32768,
+                 epochs: float = 100, momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
+                 eval_every: int = 1, head_init: str = "uniform", init=None, n_classes: int | None = None,
+                 device=None, storage_dtype: str = "float32", max_gather_elems: int = 1 << 25):
+        self.lrs = lrs
+        self.seeds = seeds
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.schedule = schedule
+        self.eval_every = eval_every
+        self.head_init = head_init
+        self.init = init
+        self.n_classes = n_classes
+        self.device = device
+        self.storage_dtype = storage_dtype
+        self.max_gather_elems = max_gather_elems
+
+    # -- validation -------------------------------------------------------------------
+    def _check_params(self) -> None:
+        self.lrs_ = check_positive_list(self.lrs, "lrs (--lr)")
+        seeds = list(self.seeds) if isinstance(self.seeds, (list, tuple, np.ndarray)) else [self.seeds]
+        if not seeds or any(not float(s).is_integer() for s in seeds):
+            raise UserError(f"seeds (--seeds) must be a non-empty list of integers, got {self.seeds!r}")
+        self.seeds_ = [int(s) for s in seeds]
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise UserError(f"batch_size (--batch-size) must be a positive integer, got {self.batch_size!r}")
+        if not (isinstance(self.epochs, (int, float)) and math.isfinite(self.epochs) and self.epochs > 0):
+            raise UserError(f"epochs (--epochs) must be positive, got {self.epochs!r}")
+        if not (0.0 <= self.momentum < 1.0):
+            raise UserError(f"momentum (--momentum) must be in [0, 1), got {self.momentum!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(f"weight_decay (--weight-decay) must be >= 0, got {self.weight_decay!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.head_init not in INITS:
+            raise UserError(f"unknown head init {self.head_init!r}; choose one of {', '.join(INITS)}")
+        if int(self.eval_every) != self.eval_every or self.eval_every < 0:
+            raise UserError(f"eval_every (--eval-every) must be a non-negative integer (0 = only at the end), got {self.eval_every!r}")
+        if self.storage_dtype not in STORAGE:
+            raise UserError(f"unknown storage dtype {self.storage_dtype!r}; choose float32 or float16")
+
+    def _initial_weights(self, D: int, C: int):
+        H = len(self.lrs_) * len(self.seeds_)
+        Ws, bs, gens = [], [], []
+        for _lr in self.lrs_:
+            for seed in self.seeds_:
+                W, b, g = init_head(seed, D, C, self.head_init)
+                Ws.append(W), bs.append(b), gens.append(g)
+        W, b = torch.stack(Ws), torch.stack(bs)
+        if self.init is not None:
+            W0, b0 = (torch.as_tensor(np.asarray(t), dtype=torch.float32) for t in self.init)
+            if W0.dim() == 2:
+                W0 = W0.expand(H, *W0.shape)
+            if b0.dim() == 1:
+                b0 = b0.expand(H, *b0.shape)
+            if tuple(W0.shape) != (H, C, D) or tuple(b0.shape) != (H, C):
+                raise UserError(f"init weights have shape {tuple(W0.shape)} / {tuple(b0.shape)}; expected [{C}, {D}] / [{C}] (classes, features)")
+            W, b = W0.transpose(1, 2).contiguous().clone(), b0.contiguous().clone()
+        return W, b, gens
+
+    # -- training ---------------------------------------------------------------------
+    def fit(self, X, y, eval_sets=None, callback: Callable[[EvalPoint], None] | None = None) -> SGDHeads:
+        """Train all heads on ``X [N, D]``, ``y [N]``; call `callback` at every evaluation.
+
+        `eval_sets`: ``{name: (X, y)}`` or `EvalSet`s, scored by every head at step 0, every
+        ``eval_every`` steps and at the last step.
+        """
+        self._check_params()
+        X = check_features(X, "X")
+        N, D = X.shape
+        y = check_labels(y, N, "y")
+        C = int(self.n_classes or (y.max() + 1))
+        if y.max() >= C:
+            raise UserError(f"labels go up to {int(y.max())} but n_classes is {C}")
+        dev = resolve_device(self.device)
+        Xs = to_tensor(X, dev, STORAGE[self.storage_dtype])
+        yt = torch.from_numpy(y).to(dev)
+        sets = make_eval_sets(eval_sets, dev, STORAGE[self.storage_dtype], D)
+
+        W, b, gens = self._initial_weights(D, C)
+        W, b = W.to(dev), b.to(dev)
+        H = W.shape[0]
+        self.heads_ = [{"head": head_id(lr, s), "lr": lr, "seed": s} for lr in self.lrs_ for s in self.seeds_]
+        lr = torch.tensor([h["lr"] for h in self.heads_], device=dev, dtype=torch.float32)
+        bufW = torch.zeros_like(W) if self.momentum else None
+        bufb = torch.zeros_like(b) if self.momentum else None
+
+        B = min(int(self.batch_size), N)
+        steps_per_epoch = math.ceil(N / B)
+        total = max(1, round(self.epochs * steps_per_epoch))
+        rows = max(1, int(self.max_gather_elems) // (H * D))
+        eval_every = int(self.eval_every)
+
+        def report(step: int, loss):
+            if callback is None:
+                return
+            callback(EvalPoint(step, step / steps_per_epoch, None if loss is None else loss.cpu().numpy(), evaluate_all(sets, W, b),
+                               {"lr_factor": lr_factor(self.schedule, max(0, step - 1), total)}))
+
+        report(0, None)
+        order = None
+        with torch.no_grad():
+            for t in range(total):
+                k = t % steps_per_epoch
+                if k == 0:
+                    order = torch.stack([epoch_order(g, N) for g in gens]).to(dev)  # [H, N]
+                idx = order[:, k * B:(k + 1) * B]  # [H, b]
+                nb = idx.shape[1]
+                gW = torch.zeros_like(W)
+                gb = torch.zeros_like(b)
+                loss = torch.zeros(H, device=dev)
+                for s in range(0, nb, rows):
+                    sub = idx[:, s:s + rows]
+                    Xb = Xs[sub].float()  # [H, r, D]
+                    logits = torch.baddbmm(b.unsqueeze(1), Xb, W)  # [H, r, C]
+                    lse = torch.logsumexp(logits, -1)
+                    yb = yt[sub]  # [H, r]
+                    loss += (lse - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).sum(1)
+                    p = torch.softmax(logits, -1)
+                    p.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(yb, -1, dtype=p.dtype).unsqueeze(-1))
+                    gW.baddbmm_(Xb.transpose(1, 2), p)
+                    gb += p.sum(1)
+                gW /= nb
+                gb /= nb
+                loss /= nb
+                if self.weight_decay:
+                    gW.add_(W, alpha=self.weight_decay)
+                    gb.add_(b, alpha=self.weight_decay)
+                if self.momentum:
+                    if t == 0:
+                        bufW.copy_(gW), bufb.copy_(gb)
+                    else:
+                        bufW.mul_(self.momentum).add_(gW)
+                        bufb.mul_(self.momentum).add_(gb)
+                    gW, gb = bufW, bufb
+                step_lr = lr * lr_factor(self.schedule, t, total)
+                W.sub_(gW * step_lr[:, None, None])
+                b.sub_(gb * step_lr[:, None])
+                done = t + 1
+                if (eval_every and done % eval_every == 0) or done == total:
+                    report(done, loss)
+        self.W_, self.b_ = W, b
+        self.coef_ = W.transpose(1, 2).cpu().numpy()
+        self.intercept_ = b.cpu().numpy()
+        self.n_classes_ = C
+        self.n_features_in_ = D
+        self.n_steps_ = total
+        self.steps_per_epoch_ = steps_per_epoch
+        return self
+
+    # -- inference --------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "W_"):
+            raise UserError("this SGDHeads is not fitted yet; call fit(X, y) first")
+
+    def predict(self, X, restrict=None) -> np.ndarray:
+        """Predicted classes ``[H, N]`` of every head."""
+        self._check_fitted()
+        X = check_features(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise UserError(f"X has {X.shape[1]} features but the heads were trained on {self.n_features_in_}")
+        return predict_heads(to_tensor(X, self.W_.device, torch.float32), self.W_, self.b_, restrict).cpu().numpy()
+
+    def score(self, X, y) -> np.ndarray:
+        """Accuracy ``[H]`` of every head."""
+        pred = self.predict(X)
+        y = check_labels(y, pred.shape[1], "y")
+        return (pred == y[None]).mean(1)

@@ -1,0 +1,128 @@
+"""SGDHeads: heads trained jointly equal heads trained alone, and equal a plain PyTorch loop."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from probekit.errors import UserError
+from probekit.heads.sgd import SGDHeads, epoch_order, init_head, lr_factor
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    return X[:1200], y[:1200], X[1200:], y[1200:]
+
+
+def plain_loop(X, y, lr, seed, *, batch_size, epochs, momentum, weight_decay, schedule="constant", Xte=None, yte=None):
+    """One head, the textbook way: nn.Linear + optim.SGD, same init and same shuffling."""
+    N, D = X.shape
+    C = int(y.max()) + 1
+    W, b, g = init_head(seed, D, C)
+    head = torch.nn.Linear(D, C)
+    with torch.no_grad():
+        head.weight.copy_(W.T), head.bias.copy_(b)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    spe = -(-N // batch_size)
+    total = epochs * spe
+    accs = []
+    for t in range(total):
+        k = t % spe
+        if k == 0:
+            order = epoch_order(g, N)
+        idx = order[k * batch_size:(k + 1) * batch_size]
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_factor(schedule, t, total)
+        loss = torch.nn.functional.cross_entropy(head(Xt[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if Xte is not None:
+            with torch.no_grad():
+                accs.append((head(torch.from_numpy(Xte)).argmax(1).numpy() == yte).mean())
+    return head.weight.detach().numpy(), head.bias.detach().numpy(), accs
+
+
+@pytest.mark.parametrize("momentum,wd,schedule", [(0.9, 0.0, "constant"), (0.5, 1e-3, "cosine"), (0.0, 0.0, "step")])
+def test_joint_equals_plain_pytorch_loop(digits, momentum, wd, schedule):
+    X, y, Xte, yte = digits
+    lrs, seeds = [0.05, 0.5], [0, 1, 2]
+    kw = dict(batch_size=100, epochs=3, momentum=momentum, weight_decay=wd)
+    seen = []
+    m = SGDHeads(lrs, seeds, schedule=schedule, device="cpu", **kw).fit(
+        X, y, eval_sets={"test": (Xte, yte)}, callback=lambda p: seen.append(p))
+    assert m.coef_.shape == (6, 10, 64) and m.intercept_.shape == (6, 10)
+    h = 0
+    for lr in lrs:
+        for seed in seeds:
+            W, b, accs = plain_loop(X, y, lr, seed, schedule=schedule, Xte=Xte, yte=yte, **kw)
+            np.testing.assert_allclose(m.coef_[h], W, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(m.intercept_[h], b, rtol=1e-4, atol=1e-5)
+            joint_accs = [p.acc["test"][h] for p in seen[1:]]
+            assert np.abs(np.array(joint_accs) - np.array(accs)).max() <= 1.0 / len(yte) + 1e-12
+            h += 1
+    # heads really differ: different seeds and lrs give different weights
+    assert not np.allclose(m.coef_[0], m.coef_[1]) and not np.allclose(m.coef_[0], m.coef_[3])
+
+
+def test_joint_equals_each_head_alone(digits):
+    X, y, Xte, yte = digits
+    kw = dict(batch_size=128, epochs=2, device="cpu")
+    joint = SGDHeads([0.1, 1.0], [3, 4], **kw).fit(X, y)
+    for h, (lr, s) in enumerate([(0.1, 3), (0.1, 4), (1.0, 3), (1.0, 4)]):
+        alone = SGDHeads([lr], [s], **kw).fit(X, y)
+        np.testing.assert_allclose(joint.coef_[h], alone.coef_[0], rtol=1e-5, atol=1e-6)
+    assert joint.score(Xte, yte).shape == (4,)
+    assert joint.predict(Xte).shape == (4, len(yte))
+
+
+def test_eval_every_and_step_zero(digits):
+    X, y, Xte, yte = digits
+    seen = []
+    m = SGDHeads([0.1], [0, 1], batch_size=100, epochs=1, eval_every=5, device="cpu").fit(
+        X, y, eval_sets={"t": (Xte, yte)}, callback=seen.append)
+    steps = [p.step for p in seen]
+    assert steps == [0, 5, 10, 12] and m.n_steps_ == 12
+    assert seen[0].loss is None and seen[1].loss.shape == (2,)
+    assert seen[-1].epoch == 1.0
+    np.testing.assert_allclose(seen[-1].acc["t"], m.score(Xte, yte))
+
+
+def test_float16_storage_trains(digits):
+    X, y, Xte, yte = digits
+    m = SGDHeads([0.5], [0], batch_size=64, epochs=3, storage_dtype="float16", device="cpu").fit(X, y)
+    assert m.score(Xte, yte)[0] > 0.85
+
+
+def test_init_hook_sets_start(digits):
+    X, y, _, _ = digits
+    W0 = np.ones((10, 64), np.float32)
+    b0 = np.zeros(10, np.float32)
+    seen = []
+    m = SGDHeads([1e-12], [0, 1], batch_size=100, epochs=1, momentum=0.0, init=(W0, b0), device="cpu").fit(X, y)
+    np.testing.assert_allclose(m.coef_[1], W0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(lrs=[0.0]), "lrs"), (dict(lrs=[float("nan")]), "lrs"), (dict(lrs=[-1]), "lrs"),
+    (dict(batch_size=0), "batch_size"), (dict(epochs=0), "epochs"), (dict(schedule="linear"), "schedule"),
+    (dict(momentum=1.5), "momentum"), (dict(seeds=[0.5]), "seeds"),
+])
+def test_bad_hyperparameters(digits, kw, match):
+    X, y, _, _ = digits
+    with pytest.raises(UserError, match=match):
+        SGDHeads(**kw).fit(X, y)
+
+
+def test_nan_features_named(digits):
+    X, y, _, _ = digits
+    X = X.copy()
+    X[3, 4] = np.nan
+    X[5, 6] = np.inf
+    with pytest.raises(UserError, match="2 NaN/Inf"):
+        SGDHeads().fit(X, y)

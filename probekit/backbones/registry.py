@@ -1,0 +1,113 @@
+"""Backbone names -> the family that builds them, timm-style: one factory, many entry points.
+
+Lookup order: the bundled `efficientnet_lite0`; CLIP (`clip-vit-b-32`, `open_clip:ARCH[:TAG]`);
+explicit `torchvision:NAME` / `timm:NAME`; Google BiT names (`bit-m-r50x1`, `bit-s-r50x1` ...);
+then any torchvision classifier name; then any timm name (with an optional `.tag`).
+Bare names that exist in both libraries (e.g. `resnet50`) mean torchvision, as in the paper.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+from probekit.backbones import weights as W
+from probekit.backbones.base import Backbone, Classifier
+from probekit.errors import UserError, unknown_name
+
+PAPER_TORCHVISION = ("alexnet", "resnet18", "resnet50", "resnet152", "vgg11_bn", "wide_resnet50_2")
+_MODULES = {
+    "efficientnet_lite0": "probekit.backbones.efficientnet_lite0",
+    "open_clip": "probekit.backbones.clip_family",
+    "torchvision": "probekit.backbones.torchvision_family",
+    "timm": "probekit.backbones.timm_family",
+}
+
+
+def resolve(name: str) -> tuple[str, str]:
+    """(family, name that family understands) for a registry name, or an unknown-name `UserError`."""
+    from probekit.backbones import clip_family, timm_family, torchvision_family
+
+    if not isinstance(name, str) or not name.strip():
+        raise UserError("no backbone name given; pass --model NAME (see `probekit extract --help`)")
+    name = name.strip()
+    low = name.lower()
+    if low in ("efficientnet_lite0", "efficientnet-lite0"):
+        return "efficientnet_lite0", "efficientnet_lite0"
+    if low in clip_family.ALIASES or name.startswith(clip_family.PREFIX):
+        return "open_clip", name
+    if low.startswith(("torchvision:", "tv:")):
+        inner = name.split(":", 1)[1]
+        if inner not in torchvision_family.names():
+            raise unknown_name("torchvision model", inner, torchvision_family.names())
+        return "torchvision", inner
+    if low.startswith("timm:"):
+        inner = name.split(":", 1)[1]
+        if not timm_family.is_timm_name(inner):
+            import timm
+
+            raise unknown_name("timm model", inner, timm.list_models())
+        return "timm", inner
+    if low in timm_family.BIT_ALIASES:
+        return "timm", low
+    if name in torchvision_family.names():
+        return "torchvision", name
+    if timm_family.is_timm_name(name):
+        return "timm", name
+    raise unknown_name("backbone", name, _suggestable(), hint="probekit.backbones.list_backbones()")
+
+
+def _suggestable() -> list[str]:
+    import timm
+
+    return sorted(set(list_backbones()) | set(timm.list_models()))
+
+
+def list_backbones() -> list[str]:
+    """Names worth listing: the paper's models, BiT (timm tags and Google names), CLIP, the bundled default,
+    and every torchvision classifier. Any other timm name (or `timm:NAME`, `open_clip:ARCH[:TAG]`) also works."""
+    from probekit.backbones import clip_family, timm_family, torchvision_family
+
+    names = {"efficientnet_lite0", *clip_family.ALIASES, *PAPER_TORCHVISION, *timm_family.bit_names(),
+             *timm_family.BIT_ALIASES, *torchvision_family.names()}
+    return sorted(names)
+
+
+def _family_module(family: str):
+    return importlib.import_module(_MODULES[family])
+
+
+def _check_image_size(image_size) -> int | None:
+    if image_size is None:
+        return None
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
+        raise UserError(f"image size must be a whole number of pixels >= 8, got {image_size!r}")
+    return image_size
+
+
+def create_backbone(name: str, weights: str | os.PathLike | None = "default", *,
+                    image_size: int | None = None, feature: str | None = None) -> Backbone:
+    """Build a frozen eval-mode feature extractor with its eval transform and weight identity.
+
+    weights: "default" (published pretrained, from the local cache; downloaded only when missing),
+    "none" (random init) or a local file (state dict, .safetensors, or a BiT .npz).
+    image_size: the crop size (the resize keeps the recipe's ratio); None keeps the recipe's size.
+    feature: None / "penultimate"; CLIP also "pre-projection".
+    """
+    family, inner = resolve(name)
+    parsed = W.parse_weights(weights)
+    backbone = _family_module(family).create(inner, parsed, image_size=_check_image_size(image_size), feature=feature)
+    backbone.name = name.strip()
+    return backbone
+
+
+def create_classifier(name: str, num_classes: int, weights: str | os.PathLike | None = "default", *,
+                      image_size: int | None = None) -> Classifier:
+    """The full trainable network with a fresh `num_classes`-way head, for full fine-tuning."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise UserError(f"num_classes must be a positive whole number, got {num_classes!r}")
+    family, inner = resolve(name)
+    parsed = W.parse_weights(weights)
+    classifier = _family_module(family).create_classifier(inner, num_classes, parsed, image_size=_check_image_size(image_size))
+    classifier.name = name.strip()
+    return classifier

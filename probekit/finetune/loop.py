@@ -1,0 +1,451 @@
+"""The full fine-tuning loop: one whole network per (lr, seed), evaluated every N steps.
+
+Each evaluation appends one run record (see `probekit.runlog`) with ID accuracy, accuracy on
+every OOD set and, with a baseline, effective robustness. Checkpoints are written at every
+epoch end, at the last step, and when SIGTERM / Ctrl-C asks the run to stop (after the
+current step). Data order, augmentation, dropout and the learning rate are pure functions of
+(seed, epoch, step), so ``resume=True`` continues a killed run and produces the same log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from probekit.errors import UserError
+from probekit.finetune import ddp
+from probekit.finetune.checkpoint import checkpoint_path, fingerprint, load_checkpoint, save_checkpoint
+from probekit.finetune.data import (EvalSet, EvalTransform, Normalize, SeededSamples, StepBatches, TrainTransform,
+                                    check_labels, eval_rows)
+from probekit.finetune.recipes import Recipe, default_recipe, get_recipe, lr_at
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run needs; None means "the recipe's value"."""
+
+    model: str
+    train: str                        # "DATASET:SPLIT" or "DATASET" (split "train")
+    out: str
+    id_test: str | None = None        # default: the train dataset's "test" split
+    ood: list[str] = field(default_factory=list)
+    weights: str = "default"          # "default" (published), "none" (random init) or a path
+    recipe: str | None = None
+    epochs: int | None = None
+    lrs: list[float] | None = None
+    seeds: list[int] | None = None
+    batch_size: int | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    augmentation: str | None = None
+    image_size: int | None = None
+    eval_every: int | None = None     # steps; default once per epoch
+    eval_subset: int | None = None    # images per class in a fixed class-balanced eval subset
+    eval_batch_size: int = 256
+    baselines: list[str] = field(default_factory=list)   # "NAME_OR_PATH" (all OOD sets) or "OOD_SET=NAME_OR_PATH"
+    max_steps: int | None = None
+    precision: str = "auto"
+    channels_last: bool | None = None  # default: on for CUDA
+    device: str | None = None
+    workers: int = 0
+    data_root: str | None = None
+    resume: bool = False
+    overwrite: bool = False
+    save_model: bool = False
+    progress: bool = True
+
+
+class Stopped(Exception):
+    """Raised after a SIGTERM / Ctrl-C stop has been checkpointed; carries the resume hint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _StopRequest:
+    """Turns SIGTERM and the first Ctrl-C into a request honoured after the current step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _split(text: str, default_split: str) -> tuple[str, str]:
+    from probekit.datasets import parse_dataset_split
+
+    if ":" not in text or (text.startswith("folder:") and text.count(":") == 1):
+        return text, default_split
+    return parse_dataset_split(text)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return ((int(seed) * 1_000_003 + int(step)) * 131 + int(rank)) % (2**63 - 1)
+
+
+def _parse_baselines(specs: list[str], ood_names: list[str]) -> dict[str, Any]:
+    from probekit.robustness import load_baseline
+
+    out: dict[str, Any] = {}
+    for spec in specs:
+        target, sep, source = spec.rpartition("=")
+        if sep and target in ood_names:
+            out[target] = load_baseline(source)
+        elif sep and target and not os.path.exists(spec):
+            raise UserError(f"--baseline {spec!r} names OOD set {target!r}, which is not among --ood {ood_names}; "
+                            f"use OOD_SET=BASELINE with one of those")
+        else:
+            b = load_baseline(spec)
+            for name in ood_names:
+                out.setdefault(name, b)
+    if out and not ood_names:
+        raise UserError("--baseline needs at least one --ood set to compute effective robustness on")
+    return out
+
+
+def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision not in PRECISIONS:
+        from probekit.errors import unknown_name
+
+        raise unknown_name("precision", precision, PRECISIONS)
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class _Evaluator:
+    """Accuracy of the current network on the ID set and every OOD set, plus ER, as one record."""
+
+    def __init__(self, id_set: EvalSet, ood_sets: list[EvalSet], baselines: dict, normalize, dist, device, amp):
+        self.id_set, self.ood_sets, self.baselines = id_set, ood_sets, baselines
+        self.normalize, self.dist, self.device, self.amp = normalize, dist, device, amp
+
+    def _accuracy(self, net, evalset: EvalSet) -> float:
+        correct = torch.zeros(2, dtype=torch.float64, device=self.device)
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            for x, y in evalset.batches(self.dist.rank, self.dist.world):
+                pred = net(self.normalize(x.to(self.device, non_blocking=True))).argmax(1)
+                correct[0] += (pred == y.to(self.device)).sum()
+                correct[1] += y.numel()
+        ddp.all_sum(self.dist, correct)
+        total = float(correct[1])
+        return float(correct[0]) / total if total else float("nan")
+
+    @torch.no_grad()
+    def __call__(self, net) -> dict[str, Any]:
+        was_training = net.training
+        net.eval()
+        try:
+            acc_id = self._accuracy(net, self.id_set)
+            acc_ood = {s.name: self._accuracy(net, s) for s in self.ood_sets}
+        finally:
+            net.train(was_training)
+        record: dict[str, Any] = {"acc_id": acc_id, "acc_ood": acc_ood}
+        if self.baselines:
+            from probekit.robustness import effective_robustness
+
+            record["er"] = {
+                s.name: float(effective_robustness(acc_id, acc_ood[s.name], self.baselines[s.name],
+                                                   n_id=self.id_set.n, n_ood=s.n, return_clipped=True)[0])
+                for s in self.ood_sets if s.name in self.baselines
+            }
+        return record
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run every (lr, seed) combination of `cfg`; returns the summary written to ``summary.json``.
+
+    Raises `Stopped` after checkpointing when SIGTERM / Ctrl-C interrupts the run.
+    """
+    dist, device = ddp.setup(cfg.device)
+    try:
+        return _Run(cfg, dist, device).run()
+    finally:
+        ddp.teardown(dist)
+
+
+class _Run:
+    def __init__(self, cfg: FinetuneConfig, dist: ddp.Dist, device: torch.device):
+        from probekit.backbones import create_classifier
+        from probekit.datasets import create_dataset
+
+        self.cfg, self.dist, self.device = cfg, dist, device
+        if cfg.eval_every is not None and cfg.eval_every < 1:
+            raise UserError(f"--eval-every must be a positive number of steps, got {cfg.eval_every}")
+        if cfg.max_steps is not None and cfg.max_steps < 1:
+            raise UserError(f"--max-steps must be positive, got {cfg.max_steps}")
+        train_name, train_split = _split(cfg.train, "train")
+        id_name, id_split = _split(cfg.id_test or train_name, "test")
+        self.train_set = create_dataset(train_name, train_split, root=cfg.data_root)
+        num_classes = len(self.train_set.classes)
+        check_labels(self.train_set, num_classes, "training set")
+
+        pretrained = str(cfg.weights) != "none"
+        overrides = dict(epochs=cfg.epochs, lrs=tuple(cfg.lrs) if cfg.lrs else None,
+                         seeds=tuple(cfg.seeds) if cfg.seeds is not None and len(cfg.seeds) else None,
+                         batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                         schedule=cfg.schedule, augmentation=cfg.augmentation, image_size=cfg.image_size)
+        self.recipe: Recipe = get_recipe(cfg.recipe or default_recipe(train_name, pretrained), **overrides)
+        r = self.recipe
+        if r.batch_size % dist.world:
+            raise UserError(f"batch size {r.batch_size} does not split over {dist.world} processes; pass a multiple of {dist.world}")
+        self.combos = [(float(lr), int(seed)) for lr in r.lrs for seed in r.seeds]
+
+        torch.manual_seed(self.combos[0][1])
+        self.first = create_classifier(cfg.model, num_classes, cfg.weights, image_size=r.image_size)
+        size = int(self.first.input_size)
+        self.amp = _resolve_precision(cfg.precision, device)
+        self.channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+        self.normalize = Normalize(self.first.mean, self.first.std, self.channels_last).to(device)
+        self.train_transform = TrainTransform(size, r.augmentation, r.crop_padding)
+
+        eval_tf = EvalTransform(size, r.test_resize)
+        id_ds = create_dataset(id_name, id_split, root=cfg.data_root, transform=eval_tf)
+        check_labels(id_ds, num_classes, "ID test set")
+        if id_ds.label_space != self.train_set.label_space:
+            raise UserError(f"ID test set {id_name}:{id_split} has label space {id_ds.label_space!r}, the training set "
+                            f"{self.train_set.label_space!r}; evaluate on a split of the same label space")
+        ood_sets = []
+        for spec in cfg.ood:
+            o_name, o_split = _split(spec, "test")
+            ds = create_dataset(o_name, o_split, root=cfg.data_root, transform=eval_tf)
+            if ds.label_space != self.train_set.label_space:
+                raise UserError(f"OOD set {o_name}:{o_split} has label space {ds.label_space!r}, not the training set's "
+                                f"{self.train_set.label_space!r}; pick an OOD set over the same classes")
+            check_labels(ds, num_classes, "OOD set")
+            ood_sets.append(EvalSet(f"{o_name}:{o_split}", ds, eval_rows(ds, cfg.eval_subset),
+                                    workers=cfg.workers, batch_size=cfg.eval_batch_size))
+        self.id_set = EvalSet(f"{id_name}:{id_split}", id_ds, eval_rows(id_ds, cfg.eval_subset),
+                              workers=cfg.workers, batch_size=cfg.eval_batch_size)
+        baselines = _parse_baselines(list(cfg.baselines), [s.name for s in ood_sets])
+        self.evaluate = _Evaluator(self.id_set, ood_sets, baselines, self.normalize, dist, device, self.amp)
+
+        self.steps_per_epoch = len(self.train_set) // r.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(f"batch size {r.batch_size} exceeds the {len(self.train_set)} training images; pass a smaller --batch-size")
+        self.total_steps = r.epochs * self.steps_per_epoch  # the schedule's length, independent of --max-steps
+        self.target = min(self.total_steps, cfg.max_steps or self.total_steps)
+        self.eval_every = cfg.eval_every or self.steps_per_epoch
+        self.config = json.loads(json.dumps({
+            "mode": "finetune", "model": cfg.model, "weights": str(cfg.weights), "weight_id": self.first.weight_id,
+            "train": f"{train_name}:{train_split}", "id_set": self.id_set.name, "ood_sets": [s.name for s in ood_sets],
+            "num_classes": num_classes, "input_size": size, "mean": list(self.first.mean), "std": list(self.first.std),
+            "recipe": r.to_dict(), "eval_every": self.eval_every, "eval_subset": cfg.eval_subset,
+            "baselines": {k: getattr(b, "name", str(b)) for k, b in baselines.items()},
+            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp],
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+        }, default=str))
+        self.run_info = {"max_steps": cfg.max_steps, "device": str(device), "world_size": dist.world,
+                         "channels_last": self.channels_last, "workers": cfg.workers}
+        self.ckpt = checkpoint_path(cfg.out)
+
+    # ---- bookkeeping -------------------------------------------------------------------------
+    def _head(self, lr: float, seed: int) -> str:
+        return f"lr={lr:g},seed={seed}"
+
+    def _open_log(self):
+        """Checkpoint check and run-folder opening; returns (writer, start combo, start step, state)."""
+        from probekit.runlog import RunWriter, is_complete
+
+        cfg, state = self.cfg, None
+        exists = self.ckpt.exists()
+        if exists and not cfg.resume and not cfg.overwrite and not is_complete(cfg.out):
+            raise UserError(f"{cfg.out} holds the checkpoint of an unfinished run; pass --resume to continue it "
+                            f"or --overwrite to start afresh")
+        if exists and cfg.resume:
+            state = load_checkpoint(self.ckpt, self.config)  # UserError on another configuration, file untouched
+        writer = None
+        if self.dist.is_main:
+            writer = RunWriter(cfg.out, {**self.config, "run": self.run_info}, resume=cfg.resume, overwrite=cfg.overwrite)
+            if cfg.overwrite and exists and not cfg.resume:
+                self.ckpt.unlink()
+        ddp.barrier(self.dist)
+        if state is None:
+            if writer is not None and cfg.resume:
+                writer.truncate(lambda rec: False)
+            return writer, 0, 0, None
+        combo, step = int(state["combo"]), int(state["step"])
+        done = {self._head(*c) for c in self.combos[:combo]}
+        current = self._head(*self.combos[combo])
+        if writer is not None:
+            writer.truncate(lambda rec: rec.get("head") in done or (rec.get("head") == current and rec.get("step", 0) <= step))
+        return writer, combo, step, state
+
+    def run(self) -> dict[str, Any]:
+        writer, start_combo, start_step, state = self._open_log()
+        started = time.time()
+        finals: dict[str, dict] = {}
+        images = 0
+        pbar = None
+        if self.dist.is_main and self.cfg.progress:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=len(self.combos) * self.target, initial=start_combo * self.target + min(start_step, self.target),
+                        unit="step", desc="finetune", disable=None)
+        try:
+            with _StopRequest() as stop:
+                for k in range(start_combo, len(self.combos)):
+                    first_step = start_step if k == start_combo else 0
+                    final, n = self._train_one(k, first_step, state if k == start_combo else None, writer, stop, pbar)
+                    finals[self._head(*self.combos[k])] = final
+                    images += n
+                    state = None
+        finally:
+            if pbar is not None:
+                pbar.close()
+            if writer is not None and writer._log and not writer._log.closed and stop.signum is not None:
+                writer.close()
+        elapsed = time.time() - started
+        summary = {"mode": "finetune", "heads": finals, "steps": self.target, "wall_s": elapsed,
+                   "train_images_per_s": images / elapsed if elapsed > 0 else None,
+                   "checkpoint": str(self.ckpt)}
+        if writer is not None:
+            writer.finish(summary)
+        ddp.barrier(self.dist)
+        return summary
+
+    # ---- one (lr, seed) ----------------------------------------------------------------------
+    def _build(self, k: int):
+        from probekit.backbones import create_classifier
+
+        lr, seed = self.combos[k]
+        if k == 0 and self.first is not None:
+            clf, self.first = self.first, None
+        else:
+            torch.manual_seed(seed)
+            clf = create_classifier(self.cfg.model, self.config["num_classes"], self.cfg.weights, image_size=self.recipe.image_size)
+        model = clf.model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        return model
+
+    def _save(self, k: int, step: int, model, opt, scaler, loss_sum, loss_count) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint(self.ckpt, {
+            "config": json.dumps(self.config), "combo": k, "head": self._head(*self.combos[k]), "step": step,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+            "loss_sum": loss_sum.detach().cpu(), "loss_count": loss_count,
+        })
+
+    def _train_one(self, k: int, start: int, state: dict | None, writer, stop: _StopRequest, pbar) -> tuple[dict, int]:
+        cfg, r, dist, device = self.cfg, self.recipe, self.dist, self.device
+        lr, seed = self.combos[k]
+        head = self._head(lr, seed)
+        model = self._build(k)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=r.momentum, weight_decay=r.weight_decay)
+        scaler = torch.amp.GradScaler(device.type, enabled=self.amp == torch.float16)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        loss_count = 0
+        if state is not None:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            loss_sum = state["loss_sum"].to(device=device, dtype=torch.float64)
+            loss_count = int(state["loss_count"])
+        net = model
+        if dist.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        base = {"head": head, "mode": "finetune", "lr": lr, "seed": seed, "id_set": self.id_set.name}
+        if cfg.eval_subset:
+            base["eval_subset"] = int(cfg.eval_subset)
+        t0 = time.time()
+        last: dict[str, Any] = {}
+
+        def record(step: int) -> dict:
+            nonlocal loss_sum, loss_count
+            stats = torch.stack([loss_sum, torch.tensor(float(loss_count), dtype=torch.float64, device=device)])
+            ddp.all_sum(dist, stats)
+            loss = float(stats[0] / stats[1]) if float(stats[1]) else None
+            rec = {"step": step, "epoch": step / self.steps_per_epoch, **base,
+                   "lr_now": lr_at(max(step - 1, 0), lr, self.total_steps, r.schedule), "loss": loss,
+                   **self.evaluate(model), "n_id": self.id_set.n,
+                   "n_ood": {o.name: o.n for o in self.evaluate.ood_sets}, "time_s": time.time() - t0}
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            loss_count = 0
+            if writer is not None:
+                writer.log(rec)
+            if pbar is not None:
+                pbar.set_postfix(acc_id=f"{rec['acc_id']:.3f}", refresh=False)
+            return rec
+
+        if start == 0:
+            last = record(0)
+        n_images = 0
+        if start < self.target:
+            sampler = StepBatches(len(self.train_set), r.batch_size, seed, start, self.target, rank=dist.rank, world=dist.world)
+            loader = torch.utils.data.DataLoader(
+                SeededSamples(self.train_set, self.train_transform), batch_sampler=sampler, num_workers=cfg.workers,
+                pin_memory=device.type == "cuda", persistent_workers=False)
+            group = opt.param_groups[0]
+            amp_on = self.amp is not None
+            ce = torch.nn.functional.cross_entropy
+            step = start
+            for x, y in loader:
+                group["lr"] = lr_at(step, lr, self.total_steps, r.schedule)
+                x = self.normalize(x.to(device, non_blocking=True))
+                y = y.to(device, non_blocking=True)
+                torch.manual_seed(_step_seed(seed, step, dist.rank))  # dropout etc.: same on resume
+                with torch.autocast(device.type, dtype=self.amp, enabled=amp_on):
+                    loss = ce(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                loss_sum += loss.detach()
+                loss_count += 1
+                step += 1
+                n_images += y.numel()
+                if step % self.eval_every == 0 or step == self.target:
+                    last = record(step)
+                saved = False
+                if step % self.steps_per_epoch == 0 or step == self.target:
+                    self._save(k, step, model, opt, scaler, loss_sum, loss_count)
+                    saved = True
+                if pbar is not None:
+                    pbar.update(1)
+                if ddp.any_true(dist, stop.signum is not None, device):
+                    if not saved:
+                        self._save(k, step, model, opt, scaler, loss_sum, loss_count)
+                    signum = stop.signum or signal.SIGTERM
+                    name = signal.Signals(signum).name
+                    raise Stopped(f"stopped by {name} after step {step} of {head}; checkpoint saved to {self.ckpt}; "
+                                  f"rerun the same command with --resume to continue", signum)
+        if not last:  # resumed at the target: the final record is already in the log
+            last = {"step": self.target}
+        if cfg.save_model and dist.is_main:
+            from probekit.finetune.checkpoint import save_checkpoint as _save_tensor_file
+
+            _save_tensor_file(Path(cfg.out) / f"model_{head.replace('=', '').replace(',', '_')}.pt", model.state_dict())
+        return last, n_images * dist.world

@@ -1,0 +1,61 @@
+"""`probekit plot RUN...`: the ID-vs-OOD figure, ER curves and sweep summaries of runs."""
+
+from __future__ import annotations
+
+import argparse
+
+from probekit.cli._common import add_cache_dir
+
+ORDER = 50
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("plot", help="plot runs: OOD vs ID accuracy, ER curves, sweeps (PNG + SVG)",
+                              description="Plot run folders: OOD vs ID accuracy on logit axes with the testbed and its baseline, "
+                                          "ER against step/epoch per head, and ER against subset size / classes / C-score subset.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (train-head / finetune --out)")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures (default: the first run folder)")
+    p.add_argument("--baseline", default=None, metavar="NAME|FILE",
+                   help="baseline line and ER (default: the runs' config 'baseline'); see `probekit baseline list`")
+    p.add_argument("--transform", choices=("logit", "probit"), default="logit", help="axis / baseline transform for a named baseline")
+    p.add_argument("--testbed", default=None, metavar="CSV|NAME", help="testbed points (default: the baseline's models)")
+    p.add_argument("--ood-set", default=None, help="OOD set to plot when runs have several")
+    p.add_argument("--x", choices=("step", "epoch"), default="step", help="x axis of the ER curves")
+    p.add_argument("--format", nargs="+", choices=("png", "svg"), default=["png", "svg"], dest="formats")
+    add_cache_dir(p)
+    p.set_defaults(func=run)
+
+
+def _default_baseline(runs: list) -> str | None:
+    names = {r.config.get("baseline") for r in runs if isinstance(r.config.get("baseline"), str)}
+    return names.pop() if len(names) == 1 else None
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from probekit.errors import UserError
+    from probekit.plots import as_run_data, plot_er_curves, plot_id_vs_ood, plot_sweep, sweep_table
+    from probekit.robustness import load_baseline, testbed_points
+    from probekit.robustness.testbeds import NAMED
+
+    runs = [as_run_data(r) for r in args.runs]
+    name = args.baseline or _default_baseline(runs)
+    baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir) if name else None
+    if args.testbed:
+        points = testbed_points(args.testbed, cache_dir=args.cache_dir)
+    elif name in NAMED and NAMED[name].csv:
+        points = testbed_points(name)
+    else:
+        points = baseline.points if baseline else []
+    out = Path(args.out or args.runs[0])
+    written = plot_id_vs_ood(runs, baseline, points, out / "id_vs_ood", ood_set=args.ood_set, formats=args.formats)
+    try:
+        written += plot_er_curves(runs, out / f"er_vs_{args.x}", x=args.x, ood_set=args.ood_set, baseline=baseline, formats=args.formats)
+    except UserError as e:
+        print(f"skipped ER curves: {e}")
+    if sweep_table(runs, ood_set=args.ood_set, baseline=baseline):
+        written += plot_sweep(runs, out / "sweep", ood_set=args.ood_set, baseline=baseline, formats=args.formats)
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -36,16 +36,16 @@ def run(args: argparse.Namespace) -> int:
 
     from probekit.errors import UserError
     from probekit.plots import as_run_data, plot_er_curves, plot_id_vs_ood, plot_sweep, sweep_table
-    from probekit.robustness import load_baseline, testbed_points
+    from probekit.robustness import load_baseline, load_testbed_points
     from probekit.robustness.testbeds import NAMED
 
     runs = [as_run_data(r) for r in args.runs]
     name = args.baseline or _default_baseline(runs)
     baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir) if name else None
     if args.testbed:
-        points = testbed_points(args.testbed, cache_dir=args.cache_dir)
+        points = load_testbed_points(args.testbed, cache_dir=args.cache_dir)
     elif name in NAMED and NAMED[name].csv:
-        points = testbed_points(name)
+        points = load_testbed_points(name)
     else:
         points = baseline.points if baseline else []
     out = Path(args.out or args.runs[0])

@@ -10,11 +10,11 @@ from probekit.robustness.testbeds import (
     list_baselines,
     load_baseline,
     read_testbed_csv,
-    testbed_points,
+    load_testbed_points,
 )
 from probekit.robustness.transforms import AccuracyClippedWarning, clip_accuracy, inverse_transform, transform
 
 __all__ = [
     "AccuracyClippedWarning", "Baseline", "build_cifar10_baseline", "clip_accuracy", "effective_robustness",
-    "fit_baseline", "inverse_transform", "list_baselines", "load_baseline", "read_testbed_csv", "testbed_points", "transform",
+    "fit_baseline", "inverse_transform", "list_baselines", "load_baseline", "read_testbed_csv", "load_testbed_points", "transform",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from probekit.errors import UserError
-from probekit.robustness.testbeds import testbed_file
+from probekit.robustness.testbeds import shipped_path
 
 IMAGENET_CLASSES = 1000
 IMAGENET_LABEL_SPACE = "imagenet1k"
@@ -92,7 +92,7 @@ def _numpy(x: Any) -> np.ndarray:
 
 
 def _class_map(name: str) -> Any:
-    return json.loads(testbed_file(f"class_maps/{name}").read_text())
+    return json.loads(shipped_path(f"class_maps/{name}").read_text())
 
 
 @lru_cache(maxsize=None)

@@ -50,7 +50,7 @@ NAMED: dict[str, NamedTestbed] = {t.name: t for t in (
 )}
 
 
-def testbed_file(name: str) -> Path:
+def shipped_path(name: str) -> Path:
     """Path of a file shipped in ``probekit/data/testbeds``."""
     return Path(str(resources.files("probekit") / "data" / "testbeds" / name))
 
@@ -60,7 +60,7 @@ def list_baselines() -> list[str]:
 
 
 @dataclass
-class TestbedRow:
+class ModelRow:
     model: str
     id: float   # fraction
     ood: float  # fraction
@@ -68,7 +68,7 @@ class TestbedRow:
     line_fit: bool = True
 
 
-def read_testbed_csv(path: str | os.PathLike) -> list[TestbedRow]:
+def read_testbed_csv(path: str | os.PathLike) -> list[ModelRow]:
     """Rows of a testbed CSV as fractions.
 
     Two layouts: the shipped one (``model, id_top1, ood_top1`` in percent, with
@@ -98,7 +98,7 @@ def read_testbed_csv(path: str | os.PathLike) -> list[TestbedRow]:
         except ValueError:
             raise UserError(f"{path} line {i}: {id_col}/{ood_col} must be numbers, got {r[id_col]!r}, {r[ood_col]!r}") from None
         check_accuracies([a, b], f"{path} line {i} accuracy")
-        out.append(TestbedRow(r["model"], a, b, r.get("model_type", ""), r.get("taori_line_fit", "1") not in ("0", "")))
+        out.append(ModelRow(r["model"], a, b, r.get("model_type", ""), r.get("taori_line_fit", "1") not in ("0", "")))
     return out
 
 
@@ -110,11 +110,11 @@ def fit_csv(path: str | os.PathLike, transform: str = "logit", *, bootstrap: int
                         names=[r.model for r in rows], name=name or Path(path).stem, source=meta.pop("source", str(path)), **meta)
 
 
-def testbed_points(name_or_csv: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> list[tuple[str, float, float]]:
+def load_testbed_points(name_or_csv: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> list[tuple[str, float, float]]:
     """(model, id, ood) fractions of every model of a named testbed (all rows, not only the fit) or a CSV."""
     named = NAMED.get(str(name_or_csv))
     if named and named.csv:
-        return [(r.model, r.id, r.ood) for r in read_testbed_csv(testbed_file(named.csv))]
+        return [(r.model, r.id, r.ood) for r in read_testbed_csv(shipped_path(named.csv))]
     if named:
         return list(load_baseline(named.name, cache_dir=cache_dir).points)
     return [(r.model, r.id, r.ood) for r in read_testbed_csv(name_or_csv)]
@@ -129,7 +129,7 @@ def cifar10_predictions() -> dict[tuple[str, str], np.ndarray]:
     The ``__true_labels__`` rows hold the CIFAR-10.1 v4 / v6 labels.
     """
     out = {}
-    with open(testbed_file("cifar10_recht2018_predictions.csv"), newline="") as f:
+    with open(shipped_path("cifar10_recht2018_predictions.csv"), newline="") as f:
         for r in csv.DictReader(f):
             digits = np.frombuffer(r["predictions"].encode("ascii"), dtype=np.uint8) - ord("0")
             if len(digits) != int(r["n"]):
@@ -245,7 +245,7 @@ def refit(b: Baseline, transform: str) -> Baseline:
 @lru_cache(maxsize=None)
 def _imagenet_baseline_cached(name: str, transform: str) -> Baseline:
     spec = NAMED[name]
-    rows = read_testbed_csv(testbed_file(spec.csv))
+    rows = read_testbed_csv(shipped_path(spec.csv))
     fit_rows = [r for r in rows if r.line_fit]
     return fit_baseline([r.id for r in fit_rows], [r.ood for r in fit_rows], transform, names=[r.model for r in fit_rows],
                         name=name, source=f"{spec.csv}: {len(fit_rows)} of {len(rows)} models (taori_line_fit == 1); "

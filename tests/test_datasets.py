@@ -184,8 +184,11 @@ def test_truncated_image_raises_bad_image_naming_file(tmp_path, fmt, suffix, mon
 def test_not_an_image_raises_bad_image(tmp_path):
     p = tmp_path / "fake.jpg"
     p.write_bytes(b"this is not a jpeg")
-    with pytest.raises(BadImageError, match="fake.jpg"):
+    with pytest.raises(BadImageError, match="fake.jpg") as info:
         load_rgb(p)
+    # DataLoader workers send exceptions back pickled.
+    again = pickle.loads(pickle.dumps(info.value))
+    assert isinstance(again, BadImageError) and again.path == str(p) and str(again) == str(info.value)
 
 
 # ---------------------------------------------------------------- folder:PATH

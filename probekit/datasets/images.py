@@ -34,6 +34,9 @@ class BadImageError(UserError):
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}; replace or delete the file, or pass --skip-bad")
 
+    def __reduce__(self):  # survives the trip back from a DataLoader worker process
+        return (type(self), (self.path, self.reason))
+
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
@@ -84,5 +87,7 @@ def _decode(path: str | os.PathLike) -> Image.Image:
     with Image.open(path) as img:
         img.load()
         rgb = to_rgb(img)
+        if rgb is img:  # closing `img` must not touch what we return
+            rgb = img.copy()
         rgb.load()
     return rgb

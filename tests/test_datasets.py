@@ -438,3 +438,41 @@ def test_datasets_are_torch_datasets():
     assert isinstance(ds, ImageDataset) and isinstance(ds, torch.utils.data.Dataset)
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=8)))
     assert x.shape == (8, 3, 28, 28) and y.dtype == torch.int64
+
+
+def test_download_when_asked_fetches_and_unpacks(tmp_path, monkeypatch):
+    """The real download path, with the network replaced by in-memory archives."""
+    import io
+    import tarfile
+
+    src = tmp_path / "src"
+    written = _fake_cifar(src)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(src / "cifar10" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    npy = {}
+    for kind, arr in (("data", np.zeros((3, 32, 32, 3), np.uint8)), ("labels", np.array([1, 2, 3]))):
+        b = io.BytesIO()
+        np.save(b, arr)
+        npy[f"cifar10.1_v6_{kind}.npy"] = b.getvalue()
+    asked = []
+
+    def fake_urlopen(url, timeout=None):
+        asked.append(url)
+        body = buf.getvalue() if url.endswith("cifar-10-python.tar.gz") else npy[url.rsplit("/", 1)[1]]
+        return io.BytesIO(body)
+
+    from probekit.datasets import download
+
+    monkeypatch.setattr(download.urllib.request, "urlopen", fake_urlopen)
+    root = tmp_path / "data"
+    ds = create_dataset("cifar10", "test", root=root, download=True)
+    assert list(ds.targets) == written["test_batch"][1]
+    assert not (root / "cifar10" / "cifar-10-python.tar.gz").exists()
+    v6 = create_dataset("cifar10.1", "test", root=root, download=True)
+    assert list(v6.targets) == [1, 2, 3]
+    assert asked[0] == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert asked[1] == "https://github.com/modestyachts/CIFAR-10.1/raw/master/datasets/cifar10.1_v6_data.npy"
+    # Present on disk: no second download.
+    create_dataset("cifar10", "test", root=root, download=True)
+    assert len(asked) == 3

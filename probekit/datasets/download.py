@@ -43,7 +43,10 @@ def fetch_and_extract(url: str, dest_dir: Path, archive_name: str) -> None:
     """Download an archive into `dest_dir` and unpack it there (tar / tar.gz / zip)."""
     archive = fetch(url, Path(dest_dir) / archive_name)
     try:
-        shutil.unpack_archive(str(archive), str(dest_dir))
+        try:  # "data" filter: no absolute paths, no escaping dest_dir (Python >= 3.11.4)
+            shutil.unpack_archive(str(archive), str(dest_dir), filter="data")
+        except TypeError:
+            shutil.unpack_archive(str(archive), str(dest_dir))
     except (shutil.ReadError, OSError, EOFError) as e:
         raise UserError(f"downloaded archive {archive} is damaged ({e}); delete it and retry") from e
     archive.unlink()

@@ -1,0 +1,51 @@
+"""`probekit zero-shot` as a Python call: resolve features, build the head, write the run folder."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from probekit.errors import UserError
+from probekit.zeroshot.classnames import load_classes
+from probekit.zeroshot.evaluate import ZeroShotResult, write_zero_shot_run
+from probekit.zeroshot.head import IMAGE_EMBED, zero_shot_head
+
+
+def _check_kind(fs: Any, role: str, model: str) -> None:
+    """Cheap pre-check before minutes of text encoding: only projected CLIP image embeddings."""
+    kind = (fs.attrs or {}).get("feature_kind")
+    if kind != IMAGE_EMBED:
+        raise UserError(f"{role} holds {kind or 'unlabelled'} features, but a zero-shot head needs the projected, normalised "
+                        f"CLIP image embedding ({IMAGE_EMBED}); re-extract with `probekit extract --model {model}` "
+                        f"without --feature pre-projection")
+
+
+def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] = (), *, out: str | os.PathLike,
+                  weights: str | os.PathLike = "default", templates: str | os.PathLike | None = None,
+                  baseline: str | None = None, cache_dir: str | os.PathLike | None = None, device: Any = None,
+                  overwrite: bool = False, use_text_cache: bool = True) -> ZeroShotResult:
+    """Evaluate CLIP `model`'s zero-shot head for `classes` on cached features; write a run folder at `out`.
+
+    Feature specs are ``dataset:split`` (looked up for `model` + `weights` in the feature store)
+    or paths to feature files. Returns the result whose `record` is the run's only record.
+    """
+    from probekit.cache import resolve_features
+
+    class_list = load_classes(classes, templates)
+    kw = {} if str(weights) == "default" else {"weights": str(weights)}
+    id_set = resolve_features(id_spec, model=model, cache_dir=cache_dir, **kw)
+    ood_sets = [resolve_features(s, model=model, cache_dir=cache_dir, **kw) for s in ood_specs]
+    names = [fs.name for fs in [id_set, *ood_sets]]
+    if len(set(names)) != len(names):
+        raise UserError(f"the same set is given twice ({', '.join(names)}); pass each --id / --ood set once")
+    _check_kind(id_set, f"ID set {id_set.name}", model)
+    for fs in ood_sets:
+        _check_kind(fs, f"OOD set {fs.name}", model)
+    fitted = None
+    if baseline:
+        from probekit.robustness import load_baseline
+
+        fitted = load_baseline(baseline, cache_dir=cache_dir)
+    head = zero_shot_head(model, class_list, weights=weights, cache_dir=cache_dir, device=device, use_cache=use_text_cache)
+    extra = {"weights": str(weights), "text_cache_hit": head.cache_hit, "baseline_source": getattr(fitted, "source", None)}
+    return write_zero_shot_run(out, head, id_set, ood_sets, baseline=fitted, overwrite=overwrite, config_extra=extra)

@@ -146,8 +146,8 @@ def test_head_matches_open_clip_and_is_deterministic(tmp_path, clip, class_file)
     np.testing.assert_allclose(head.W, _reference_weights(model, NAMES, head.classes.templates), atol=1e-5)
     again = zero_shot_head(MODEL, str(class_file), weights=weights, cache_dir=tmp_path, use_cache=False)
     np.testing.assert_array_equal(head.W, again.W)
-    W, b = head.linear_init()
-    np.testing.assert_allclose(W, head.logit_scale * head.W, rtol=1e-6)
+    W, b = head.linear_init()  # the estimators' init layout: coef [C, D], intercept [C]
+    np.testing.assert_allclose(W, head.logit_scale * head.W.T, rtol=1e-6)
     assert b.shape == (3,) and not b.any()
     X, _ = _matching_features(head.W, 4, 0.0, 0)
     np.testing.assert_allclose(head.logits(X), head.logit_scale * X @ head.W, rtol=1e-5, atol=1e-5)
@@ -294,12 +294,45 @@ def test_zero_shot_init_reproduces_the_zero_shot_evaluation(tmp_path, clip, clas
     X, y = _matching_features(head.W, 10, 0.1, 3)  # noisy enough that accuracy is between 0 and 1
     fs = cache.load_features(_write_features(store, X, y, weights=weights, dataset="synth-train"))
     W, b = zero_shot_init(MODEL, str(class_file), fs, weights=weights, cache_dir=store)
-    np.testing.assert_allclose(W, head.logit_scale * head.W, rtol=1e-6)
+    np.testing.assert_allclose(W, head.logit_scale * head.W.T, rtol=1e-6)
     zs = evaluate_zero_shot(head, fs).record["acc_id"]
     assert 0.0 < zs < 1.0
     acc = evaluate_all([EvalSet("t", torch.from_numpy(fs.features), torch.from_numpy(fs.labels))],
-                       torch.from_numpy(W)[None], torch.from_numpy(b)[None])["t"][0]
+                       torch.from_numpy(W.T.copy())[None], torch.from_numpy(b)[None])["t"][0]
     assert acc == pytest.approx(zs)
     bad = cache.load_features(_write_features(store, X, y, weights=weights, dataset="synth-pre", feature_kind="clip-pre-projection"))
     with pytest.raises(UserError, match="pre-projection"):
         zero_shot_init(MODEL, str(class_file), bad, weights=weights, cache_dir=store)
+
+
+def test_estimators_started_from_zero_shot_begin_at_the_zero_shot_point(tmp_path, clip, class_file):
+    """SGD heads and the L-BFGS sweep with ``init=zero_shot_init(...)``: their step-0 accuracies are the zero-shot ones."""
+    from probekit.heads.lbfgs import LBFGSLogistic
+    from probekit.heads.sgd import SGDHeads
+    from probekit.zeroshot import evaluate_zero_shot
+
+    weights, _ = clip
+    store = tmp_path / "cache"
+    head = zero_shot_head(MODEL, str(class_file), weights=weights, cache_dir=store)
+    X, y = _matching_features(head.W, 10, 0.1, 4)
+    Xo, yo = _matching_features(head.W, 10, 0.1, 5)
+    train = cache.load_features(_write_features(store, X, y, weights=weights, dataset="synth-train"))
+    ood = cache.load_features(_write_features(store, Xo, yo, weights=weights, dataset="synth-ood"))
+    zs = evaluate_zero_shot(head, train, [ood]).record
+    assert 0.0 < zs["acc_id"] < 1.0 and 0.0 < zs["acc_ood"]["synth-ood:test"] < 1.0
+    init = zero_shot_init(MODEL, str(class_file), train, head=head)
+    sets = {"id": (train.features, train.labels), "ood": (ood.features, ood.labels)}
+
+    sgd_points = []
+    SGDHeads(lrs=[0.1, 0.01], seeds=[0], batch_size=8, epochs=1, init=init, device="cpu").fit(
+        train.features, train.labels, eval_sets=sets, callback=sgd_points.append)
+    assert sgd_points[0].step == 0
+    np.testing.assert_allclose(sgd_points[0].acc["id"], [zs["acc_id"]] * 2)
+    np.testing.assert_allclose(sgd_points[0].acc["ood"], [zs["acc_ood"]["synth-ood:test"]] * 2)
+
+    lbfgs_points = []
+    LBFGSLogistic(l2_grid=[1.0], max_iter=3, init=init, device="cpu").fit(
+        train.features, train.labels, eval_sets=sets, callback=lbfgs_points.append)
+    assert lbfgs_points[0].step == 0
+    assert lbfgs_points[0].acc["id"][0] == pytest.approx(zs["acc_id"])
+    assert lbfgs_points[0].acc["ood"][0] == pytest.approx(zs["acc_ood"]["synth-ood:test"])

@@ -3,7 +3,8 @@
 ``W [D, C]`` holds the normalised text embedding of each class (templates averaged, as in
 open_clip's `build_zero_shot_classifier`), and ``logits = logit_scale · img_emb @ W`` with
 CLIP's learned temperature. As a linear head that is ``(logit_scale · W, b = 0)``, which is
-how `train-head --init zero-shot` starts SGD heads and the L-BFGS sweep from it.
+how `train-head --init zero-shot` starts SGD heads and the L-BFGS sweep from it
+(`SGDHeads(init=...)` / `LBFGSLogistic(init=...)` take ``(coef [C, D], intercept [C])``).
 
 The head only makes sense on the embedding the text was trained against: the projected,
 normalised `encode_image` output of the *same* CLIP weights. `check_features` refuses
@@ -61,8 +62,9 @@ class ZeroShotHead:
         return self.embeddings.weight_id
 
     def linear_init(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(W [D, C], b [C])`` of the equivalent linear head: logit_scale · W and a zero bias."""
-        return (self.logit_scale * self.W).astype(np.float32), np.zeros(self.num_classes, dtype=np.float32)
+        """The equivalent linear head in the estimators' ``init`` layout (as ``nn.Linear``):
+        ``coef [C, D] = logit_scale · Wᵀ`` and ``intercept [C] = 0``."""
+        return np.ascontiguousarray((self.logit_scale * self.W).T, dtype=np.float32), np.zeros(self.num_classes, dtype=np.float32)
 
     def logits(self, X: Any, *, chunk: int = 8192) -> np.ndarray:
         """``[N, C]`` logits of image embeddings ``X [N, D]`` (float32, computed in row chunks)."""

@@ -1,7 +1,7 @@
 """Zero-shot weights as the starting point of trained heads ("fine-tuning the zero-shot model").
 
 `train-head --init zero-shot` starts every SGD head and every λ of the L-BFGS sweep from
-``(logit_scale · W_text, 0)``: the linear head whose logits equal the zero-shot logits, so
+``(logit_scale · W_textᵀ, 0)``: the linear head whose logits equal the zero-shot logits, so
 the first record of a run (step 0) is the zero-shot evaluation.
 """
 
@@ -18,7 +18,7 @@ from probekit.zeroshot.head import ZeroShotHead, check_features, zero_shot_head
 def zero_shot_init(model: str, classes: str, features: Any, *, weights: str | os.PathLike = "default",
                    templates: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                    device: Any = None, head: ZeroShotHead | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``(W [D, C], b [C])`` float32 for a head trained on `features` (a FeatureSet), from CLIP's zero-shot head.
+    """``(coef [C, D], intercept [C])`` float32, the ``init=`` of `SGDHeads` / `LBFGSLogistic`, from CLIP's zero-shot head.
 
     The training features are checked like evaluation features: CLIP image embeddings of the
     same model and weights as the text encoder, labels within the class list.

@@ -101,10 +101,12 @@ def _t(acc: Any, kind: str) -> np.ndarray:
 
 def _accuracy_axis(ax: Any, kind: str, lo: float, hi: float, axis: str) -> None:
     """Ticks at round accuracies, labelled in %, on a transformed axis spanning [lo, hi] (fractions)."""
-    ticks = [a for a in NICE_ACCS if lo <= a <= hi] or [lo, hi]
-    if len(ticks) > 9:  # thin out, keeping both ends
-        keep = np.unique(np.linspace(0, len(ticks) - 1, 9).round().astype(int))
-        ticks = [ticks[i] for i in keep]
+    candidates = [a for a in NICE_ACCS if lo <= a <= hi] or [lo, hi]
+    span = float(_t(hi, kind) - _t(lo, kind))
+    ticks: list[float] = []
+    for a in candidates:  # drop ticks closer than 6 % of the axis to the previous one, so labels never overlap
+        if not ticks or float(_t(a, kind) - _t(ticks[-1], kind)) >= 0.06 * span:
+            ticks.append(a)
     pos = _t(ticks, kind)
     labels = [f"{100 * a:g}%" for a in ticks]
     (ax.set_xticks if axis == "x" else ax.set_yticks)(pos, labels)
@@ -120,13 +122,23 @@ def _span(values: list[float]) -> tuple[float, float]:
     return float(inverse_transform(tl - pad)), float(inverse_transform(th + pad))
 
 
+def _progress_norm(steps: list[int]) -> Any:
+    """Colour scale of training progress: log steps when evaluations span two decades or more."""
+    from matplotlib.colors import LogNorm, Normalize
+
+    top = max(max(steps or [1]), 1)
+    low = max(min([s for s in steps if s > 0] or [1]), 1)
+    return LogNorm(vmin=low, vmax=top, clip=True) if top / low >= 100 else Normalize(vmin=0, vmax=top)
+
+
 def plot_id_vs_ood(runs: Iterable[Any], baseline: Baseline | None, testbed_points: Sequence[tuple[str, float, float]] | None,
                    out_path: str | os.PathLike, *, ood_set: str | None = None, formats: Sequence[str] = FORMATS,
                    title: str | None = None) -> list[Path]:
     """The paper's figure: OOD vs ID accuracy on transformed (logit) axes.
 
     Testbed models as grey points, the baseline line, y = x, and each head's trajectory
-    coloured by training progress (step / last step of its run), its final point starred.
+    coloured by training progress (optimiser step; log colour scale when the evaluations
+    span two decades or more), its final point starred.
     """
     plt = _pyplot()
     runs = _runs(runs)
@@ -140,13 +152,13 @@ def plot_id_vs_ood(runs: Iterable[Any], baseline: Baseline | None, testbed_point
         ax.scatter(_t([p[1] for p in testbed_points], kind), _t([p[2] for p in testbed_points], kind), s=14, c="0.6",
                    alpha=0.8, label=f"testbed models ({len(testbed_points)})", zorder=2)
     cmap = plt.get_cmap("viridis")
+    norm = _progress_norm([r.get("step") or 0 for run in runs for r in run.records])
     scatter = None
     for i, run in enumerate(runs):
         marker = MARKERS[i % len(MARKERS)]
-        last_step = max([r.get("step") or 0 for r in run.records] or [1]) or 1
         for j, head in enumerate(run.heads):
             recs = sorted((r for r in run.records if r.get("head") == head), key=lambda r: r.get("step") or 0)
-            pts = [(record_id_acc(r, chosen), (r.get("acc_ood") or {}).get(chosen), (r.get("step") or 0) / last_step) for r in recs]
+            pts = [(record_id_acc(r, chosen), (r.get("acc_ood") or {}).get(chosen), max(r.get("step") or 0, 1)) for r in recs]
             pts = [p for p in pts if p[0] is not None and p[1] is not None]
             if not pts:
                 continue
@@ -155,9 +167,9 @@ def plot_id_vs_ood(runs: Iterable[Any], baseline: Baseline | None, testbed_point
             ys_all += list(y)
             tx, ty = _t(x, kind), _t(y, kind)
             ax.plot(tx, ty, color="0.35", lw=0.6, alpha=0.6, zorder=3)
-            scatter = ax.scatter(tx, ty, c=prog, cmap=cmap, vmin=0, vmax=1, s=16, marker=marker, zorder=4,
+            scatter = ax.scatter(tx, ty, c=prog, cmap=cmap, norm=norm, s=16, marker=marker, zorder=4,
                                  label=run.label if j == 0 else None)
-            ax.scatter(tx[-1:], ty[-1:], marker="*", s=180, c=[cmap(prog[-1])], edgecolors="black", linewidths=0.8, zorder=5,
+            ax.scatter(tx[-1:], ty[-1:], marker="*", s=180, c=[cmap(norm(prog[-1]))], edgecolors="black", linewidths=0.8, zorder=5,
                        label="final point" if (i == 0 and j == 0) else None)
     if not xs_all:
         raise UserError(f"nothing to plot: no record has both acc_id and acc_ood[{chosen!r}]")
@@ -178,7 +190,7 @@ def plot_id_vs_ood(runs: Iterable[Any], baseline: Baseline | None, testbed_point
     ax.grid(True, lw=0.3, alpha=0.5)
     ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
     if scatter is not None:
-        fig.colorbar(scatter, ax=ax, label="training progress (step / last step)")
+        fig.colorbar(scatter, ax=ax, label="training progress: optimiser step" + (" (log scale)" if norm.__class__.__name__ == "LogNorm" else ""))
     return _save(fig, out_path, formats)
 
 

@@ -101,7 +101,9 @@ class _StopRequest:
 def _split(text: str, default_split: str) -> tuple[str, str]:
     from probekit.datasets import parse_dataset_split
 
-    if ":" not in text or (text.startswith("folder:") and text.count(":") == 1):
+    if text.startswith("folder:") and text.count(":") == 1:
+        return text, "all"  # a class-per-folder tree without split subfolders
+    if ":" not in text:
         return text, default_split
     return parse_dataset_split(text)
 

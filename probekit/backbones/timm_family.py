@@ -118,6 +118,10 @@ def _build(name: str, weights, image_size: int | None):
         kwargs["img_size"] = image_size
     model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     family = FAMILY
+    if weights == W.DEFAULT and name.lower().startswith("bit-s-"):
+        google = "BiT-S-R" + name.lower()[len("bit-s-r"):]
+        raise UserError(f"Google's {google} weights are not published through timm; download "
+                        f"{BIT_NPZ_URL.format(google)} and pass --weights /path/{google}.npz")
     if weights == W.DEFAULT:
         path = _published_file(name, model)
         try:

@@ -70,6 +70,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
     unwrapped; anything that is not a mapping of tensors is a `UserError`.
     """
     path = Path(path)
+    if path.suffix == ".npz":
+        raise UserError(f"{path.name} is a NumPy .npz checkpoint (Google BiT layout); it loads only into a BiT "
+                        f"model, e.g. --model resnetv2_50x1_bit (R50x1) or bit-m-r101x1")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file

@@ -262,13 +262,26 @@ def test_objectnet_id_labels_map_many_to_one():
 
 
 def test_check_label_space():
-    assert check_label_space("imagenet1k", 1000, "objectnet:test", "objectnet", 113) is shift_for("objectnet")
+    # label spaces as probekit.datasets names them
+    assert check_label_space("imagenet1k", 1000, "objectnet:test", "objectnet113", 113) is shift_for("objectnet")
+    assert check_label_space("imagenet1k", 1000, "imagenet-r:test", "imagenet-r200", 200) is shift_for("imagenet-r")
     assert check_label_space("imagenet1k", 1000, "imagenetv2:test", "imagenet1k", 1000) is None
     assert check_label_space("cifar10", 10, "cifar10.1:test", "cifar10", 10) is None
-    assert check_label_space("imagenet-r", 200, "imagenet-r:test", "imagenet-r", 200) is None
+    assert check_label_space("imagenet-r200", 200, "imagenet-r:test", "imagenet-r200", 200) is None
+    with pytest.raises(UserError, match="has 100 classes but objectnet has 113"):
+        check_label_space("imagenet1k", 1000, "objectnet:test", "objectnet113", 100)
     with pytest.raises(UserError, match="10 classes of cifar10 but OOD set mnist5k:test has 10 classes of digits"):
         check_label_space("cifar10", 10, "mnist5k:test", "digits", 10)
     with pytest.raises(UserError, match="100 classes"):
         check_label_space("cifar100", 100, "objectnet", "objectnet", 113)
     with pytest.raises(UserError, match="1000-class ImageNet head"):
         shift_for("imagenet-r").restrict_logits(np.zeros((2, 10)))
+
+
+def test_class_order_agrees_with_the_datasets_registry():
+    """The objectnet / imagenet-r datasets label their images in the order the shifts assume."""
+    imagenet = pytest.importorskip("probekit.datasets.imagenet")
+    o, r = shift_for("objectnet"), shift_for("imagenet-r")
+    assert list(o.classes) == imagenet.objectnet_labels()
+    assert [sorted(i) for i in o.imagenet_indices] == imagenet.objectnet_imagenet_indices()
+    assert [i[0] for i in r.imagenet_indices] == imagenet.imagenet_r_indices()

@@ -99,7 +99,7 @@ def test_build_reads_labels_through_the_datasets_registry(tmp_path, monkeypatch)
 
     seen = {}
 
-    def fake(root):
+    def fake(root, download=False):
         seen["root"] = root
         return _synthetic_cifar_labels()
 
@@ -156,3 +156,25 @@ def test_fit_runs(tmp_path, capsys):
     assert effective_robustness(0.7, 0.55, b) == pytest.approx(0.55 - b.expected_ood(0.7))
     _assert_user_error(capsys, ["baseline", "fit", "--runs", str(tmp_path / "a"), "--ood-set", "cifar10.1:test"], r"at least 3 models")
     _assert_user_error(capsys, ["baseline", "fit", "--runs", str(tmp_path)], r"not a probekit run folder")
+
+
+def test_build_without_cifar10_on_disk_says_what_to_do(tmp_path, capsys):
+    _assert_user_error(capsys, ["baseline", "build", "cifar10-cifar10.1", "--data-root", str(tmp_path / "empty"),
+                                "--cache-dir", str(tmp_path)], r"CIFAR-10.*not found.*--labels FILE\.npy")
+
+
+def test_build_from_a_real_cifar10_test_batch_layout(tmp_path):
+    """The labels come through probekit.datasets' cifar10 reader (torchvision's pickled batch layout)."""
+    import pickle
+
+    pytest.importorskip("probekit.datasets.cifar")
+    folder = tmp_path / "data" / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = _synthetic_cifar_labels()
+    data = np.zeros((10000, 3072), dtype=np.uint8)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({"data": data, "labels": labels.tolist()}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    b, path = build_cifar10_baseline(data_root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    assert path.exists() and b.n == 30

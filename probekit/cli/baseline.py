@@ -41,6 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build the CIFAR-10 -> CIFAR-10.1 baseline once CIFAR-10 is on disk")
     p.add_argument("name", metavar="NAME", help="cifar10-cifar10.1 (v6) or cifar10-cifar10.1-v4")
     p.add_argument("--labels", metavar="FILE.npy", default=None, help="CIFAR-10 test labels (10,000, test-batch order) instead of the dataset on disk")
+    p.add_argument("--download", action="store_true", help="download CIFAR-10 into the data root when it is missing")
     add_data_root(p)
     add_cache_dir(p)
     p.set_defaults(func=run_build)
@@ -99,7 +100,8 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     from probekit.robustness import build_cifar10_baseline
 
-    b, path = build_cifar10_baseline(args.labels, name=args.name, data_root=args.data_root, cache_dir=args.cache_dir)
+    b, path = build_cifar10_baseline(args.labels, name=args.name, data_root=args.data_root, cache_dir=args.cache_dir,
+                                     download=args.download)
     print(b.describe())
     print(f"wrote {path}")
     return 0

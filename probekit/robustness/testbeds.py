@@ -159,16 +159,19 @@ def baseline_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path
     return resolve_cache_dir(cache_dir) / "baselines" / f"{name}.json"
 
 
-def cifar10_test_labels(data_root: str | os.PathLike | None = None) -> np.ndarray:
-    """CIFAR-10 test labels in test-batch order, from the dataset on disk."""
+def cifar10_test_labels(data_root: str | os.PathLike | None = None, *, download: bool = False) -> np.ndarray:
+    """CIFAR-10 test labels in test-batch order, from the dataset on disk (or downloaded on request)."""
     from probekit.datasets import create_dataset
 
-    return np.asarray(create_dataset("cifar10", "test", root=data_root).targets, dtype=np.int64)
+    try:
+        return np.asarray(create_dataset("cifar10", "test", root=data_root, download=download).targets, dtype=np.int64)
+    except UserError as e:
+        raise UserError(f"{e}; the CIFAR-10 baseline needs the CIFAR-10 test labels (or pass --labels FILE.npy)") from None
 
 
 def build_cifar10_baseline(labels: np.ndarray | str | os.PathLike | None = None, *, name: str = "cifar10-cifar10.1",
                            data_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                           save: bool = True) -> tuple[Baseline, Path | None]:
+                           save: bool = True, download: bool = False) -> tuple[Baseline, Path | None]:
     """Complete the CIFAR-10 testbed with the CIFAR-10 test labels, fit and store the baseline.
 
     `labels`: an array, a ``.npy`` file, or None to read them from the CIFAR-10 test split
@@ -179,7 +182,7 @@ def build_cifar10_baseline(labels: np.ndarray | str | os.PathLike | None = None,
     if spec is None or spec.cifar_version is None:
         raise unknown_name("buildable baseline", name, [n for n, t in NAMED.items() if t.cifar_version])
     if labels is None:
-        labels = cifar10_test_labels(data_root)
+        labels = cifar10_test_labels(data_root, download=download)
     elif isinstance(labels, (str, os.PathLike)):
         try:
             labels = np.load(labels, allow_pickle=False)

@@ -116,3 +116,9 @@ def test_plot_cli(tmp_path, baseline, capsys):
     assert rc == 2 and "not a probekit run folder" in capsys.readouterr().err
     rc = main(["plot", str(a), "--ood-set", "imagenet-r:test", "--baseline", str(fit)])
     assert rc == 2 and "not in the runs" in capsys.readouterr().err
+    # without --baseline: the runs' config names "toy", which does not resolve; ID-vs-OOD is still drawn, ER from the records
+    rc = main(["plot", str(a), "--out", str(tmp_path / "nobase"), "--format", "png"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "cannot be loaded" in out
+    assert (tmp_path / "nobase" / "id_vs_ood.png").exists() and (tmp_path / "nobase" / "er_vs_step.png").exists()
+    assert not (tmp_path / "nobase" / "id_vs_ood.svg").exists()

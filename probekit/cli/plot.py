@@ -40,8 +40,15 @@ def run(args: argparse.Namespace) -> int:
     from probekit.robustness.testbeds import NAMED
 
     runs = [as_run_data(r) for r in args.runs]
-    name = args.baseline or _default_baseline(runs)
+    name = args.baseline
     baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir) if name else None
+    if baseline is None and _default_baseline(runs):
+        name = _default_baseline(runs)
+        try:  # the runs' own baseline, when it still resolves (a name, or a fit file that still exists)
+            baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir)
+        except UserError as e:
+            print(f"note: the runs' baseline {name!r} cannot be loaded ({e}); plotting without it (pass --baseline)")
+            name = None
     if args.testbed:
         points = load_testbed_points(args.testbed, cache_dir=args.cache_dir)
     elif name in NAMED and NAMED[name].csv:

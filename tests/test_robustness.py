@@ -108,6 +108,14 @@ def test_er_is_vectorised_over_heads_and_clips_with_n_id():
         effective_robustness(0.5, 45.0, b)
 
 
+def test_er_accepts_torch_accuracies():
+    torch = pytest.importorskip("torch")
+    ids, oods = _line_points()
+    b = fit_baseline(ids, oods)
+    er = effective_robustness(torch.tensor([0.4, 0.7]), torch.tensor([0.3, 0.6]), b)
+    np.testing.assert_allclose(er, effective_robustness(np.array([0.4, 0.7]), np.array([0.3, 0.6]), b))
+
+
 def test_fit_refuses_bad_testbeds():
     with pytest.raises(UserError, match="at least 3"):
         fit_baseline([0.5, 0.6], [0.4, 0.5])

@@ -32,6 +32,8 @@ def check_transform(kind: str) -> str:
 
 def check_accuracies(acc: Any, what: str = "accuracy") -> np.ndarray:
     """`acc` as a float array of fractions in [0, 1]; percentages, negatives and NaN are refused."""
+    if hasattr(acc, "detach"):  # a torch tensor, possibly on a GPU (heads evaluate many heads at once)
+        acc = acc.detach().cpu().numpy()
     try:
         arr = np.asarray(acc, dtype=np.float64)
     except (TypeError, ValueError):

@@ -145,7 +145,9 @@ def test_baseline_json_round_trip_and_wrong_schema(tmp_path):
     b = fit_baseline(ids, oods, "probit", names=list("abcde"), bootstrap=50, name="mine", ood_set="x:test")
     path = b.save(tmp_path / "b.json")
     back = load_baseline(path, transform="probit")
-    assert back == b
+    assert back == b and load_baseline(path) == b  # a file keeps its own transform by default
+    as_logit = load_baseline(path, transform="logit")  # asked for another transform: refitted from the stored points
+    assert as_logit.transform == "logit" and as_logit.slope == pytest.approx(fit_baseline(ids, oods).slope)
     (tmp_path / "bad.json").write_text(json.dumps({"slope": 1.0, "intercept": 0.0}))
     with pytest.raises(UserError, match="not a probekit baseline file"):
         load_baseline(tmp_path / "bad.json")

@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("show", help="slope, intercept, r, n and source of a baseline")
     p.add_argument("baseline", metavar="NAME|FILE", help="a named baseline (see `probekit baseline list`) or a JSON fit file")
-    p.add_argument("--transform", choices=("logit", "probit"), default="logit")
+    p.add_argument("--transform", choices=("logit", "probit"), default=None,
+                   help="accuracy transform (default: logit for a named baseline, the file's own for a file)")
     p.add_argument("--json", action="store_true", help="print the fit as JSON (without its points)")
     add_cache_dir(p)
     p.set_defaults(func=run_show)

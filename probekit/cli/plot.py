@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures (default: the first run folder)")
     p.add_argument("--baseline", default=None, metavar="NAME|FILE",
                    help="baseline line and ER (default: the runs' config 'baseline'); see `probekit baseline list`")
-    p.add_argument("--transform", choices=("logit", "probit"), default="logit", help="axis / baseline transform for a named baseline")
+    p.add_argument("--transform", choices=("logit", "probit"), default=None,
+                   help="axes / baseline transform (default: logit for a named baseline, the file's own for a file)")
     p.add_argument("--testbed", default=None, metavar="CSV|NAME", help="testbed points (default: the baseline's models)")
     p.add_argument("--ood-set", default=None, help="OOD set to plot when runs have several")
     p.add_argument("--x", choices=("step", "epoch"), default="step", help="x axis of the ER curves")

@@ -213,17 +213,19 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith(".json") or os.sep in text or "/" in text or Path(text).exists()
 
 
-def load_baseline(name_or_path: str | os.PathLike, *, transform: str = "logit", cache_dir: str | os.PathLike | None = None) -> Baseline:
+def load_baseline(name_or_path: str | os.PathLike, *, transform: str | None = None,
+                  cache_dir: str | os.PathLike | None = None) -> Baseline:
     """A named baseline (`list_baselines`) or a JSON fit file written by `Baseline.save`.
 
-    Named baselines are fitted with `transform`; a stored CIFAR-10 baseline or a file
-    fitted with another transform is refitted from its stored points.
+    `transform` None means: logit for a named baseline, the file's own transform for a
+    file. A stored fit asked for with another transform is refitted from its points.
     """
     text = os.fspath(name_or_path)
     if text in NAMED:
         spec = NAMED[text]
         if spec.csv:
-            return _imagenet_baseline(text, transform)
+            return _imagenet_baseline(text, transform or "logit")
+        transform = transform or "logit"
         path = baseline_path(text, cache_dir)
         if not path.exists():
             raise UserError(f"baseline {text!r} is not built yet ({path} missing); place CIFAR-10 under the data root and run "
@@ -233,7 +235,10 @@ def load_baseline(name_or_path: str | os.PathLike, *, transform: str = "logit", 
         b = Baseline.load(text)
     else:
         raise unknown_name("baseline", text, NAMED, hint="probekit baseline list")
-    if b.transform != transform and len(b.points) >= 3:
+    if transform and b.transform != transform:
+        if len(b.points) < 3:
+            raise UserError(f"baseline {text} was fitted with the {b.transform} transform and stores no points to refit "
+                            f"with {transform}; use --transform {b.transform} or refit it")
         b = refit(b, transform)
     return b
 

@@ -281,6 +281,20 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, clip, class_file, capsys, cas
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def test_baseline_for_another_ood_set_is_refused(tmp_path, clip, class_file, capsys):
+    weights, _ = clip
+    store = tmp_path / "cache"
+    head = zero_shot_head(MODEL, str(class_file), weights=weights, cache_dir=store)
+    X, y = _matching_features(head.W, 3, 0.005, 0)
+    id_path = _write_features(store, X, y, weights=weights, dataset="synth-id")
+    ood_path = _write_features(store, X, y, weights=weights, dataset="synth-ood")
+    code = main(["zero-shot", "--model", MODEL, "--weights", str(weights), "--classes", str(class_file), "--id", str(id_path),
+                 "--ood", str(ood_path), "--baseline", str(_baseline_file(tmp_path, ood_set="imagenetv2")),
+                 "--out", str(tmp_path / "run"), "--cache-dir", str(store)])
+    err = capsys.readouterr().err
+    assert code == 2 and "imagenetv2" in err and err.count("\n") == 1
+
+
 # ------------------------------------------------------------------ zero-shot init
 
 

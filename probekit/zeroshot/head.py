@@ -146,6 +146,15 @@ def zero_shot_head(model: str, classes: ClassList | str, *, weights: str | os.Pa
     return ZeroShotHead(emb, classes, cache_hit=hit)
 
 
+def check_feature_kind(fs: Any, role: str, model: str) -> None:
+    """Only the projected, normalised CLIP image embedding lives in the text embedding's space."""
+    kind = (fs.attrs or {}).get("feature_kind")
+    if kind != IMAGE_EMBED:
+        raise UserError(f"{role} holds {kind or 'unlabelled'} features, but a zero-shot head needs the projected, normalised "
+                        f"CLIP image embedding ({IMAGE_EMBED}); re-extract with `probekit extract --model {model}` "
+                        f"without --feature pre-projection")
+
+
 def check_features(head: ZeroShotHead, fs: Any, role: str, *, expect_classes: bool = True) -> None:
     """Refuse features the head cannot be matched against: wrong kind, other backbone or weights, wrong classes.
 
@@ -153,11 +162,7 @@ def check_features(head: ZeroShotHead, fs: Any, role: str, *, expect_classes: bo
     With `expect_classes`, the set's labels must live in the head's C classes.
     """
     attrs = fs.attrs or {}
-    kind = attrs.get("feature_kind")
-    if kind != IMAGE_EMBED:
-        raise UserError(f"{role} holds {kind or 'unlabelled'} features, but a zero-shot head needs the projected, normalised "
-                        f"CLIP image embedding ({IMAGE_EMBED}); re-extract with `probekit extract --model {head.model}` "
-                        f"without --feature pre-projection")
+    check_feature_kind(fs, role, head.model)
     backbone, wid = attrs.get("backbone"), attrs.get("weight_id")
     if head.weight_id == RANDOM_INIT or wid == RANDOM_INIT:
         raise UserError(f"{role} or the text encoder uses random-init weights: two random initialisations are different "

@@ -8,16 +8,7 @@ from typing import Any
 from probekit.errors import UserError
 from probekit.zeroshot.classnames import load_classes
 from probekit.zeroshot.evaluate import ZeroShotResult, write_zero_shot_run
-from probekit.zeroshot.head import IMAGE_EMBED, zero_shot_head
-
-
-def _check_kind(fs: Any, role: str, model: str) -> None:
-    """Cheap pre-check before minutes of text encoding: only projected CLIP image embeddings."""
-    kind = (fs.attrs or {}).get("feature_kind")
-    if kind != IMAGE_EMBED:
-        raise UserError(f"{role} holds {kind or 'unlabelled'} features, but a zero-shot head needs the projected, normalised "
-                        f"CLIP image embedding ({IMAGE_EMBED}); re-extract with `probekit extract --model {model}` "
-                        f"without --feature pre-projection")
+from probekit.zeroshot.head import check_feature_kind, zero_shot_head
 
 
 def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] = (), *, out: str | os.PathLike,
@@ -38,9 +29,8 @@ def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] =
     names = [fs.name for fs in [id_set, *ood_sets]]
     if len(set(names)) != len(names):
         raise UserError(f"the same set is given twice ({', '.join(names)}); pass each --id / --ood set once")
-    _check_kind(id_set, f"ID set {id_set.name}", model)
-    for fs in ood_sets:
-        _check_kind(fs, f"OOD set {fs.name}", model)
+    for role, fs in [("ID", id_set)] + [("OOD", fs) for fs in ood_sets]:
+        check_feature_kind(fs, f"{role} set {fs.name}", model)  # fail before minutes of text encoding
     fitted = None
     if baseline:
         from probekit.robustness import load_baseline

@@ -295,3 +295,19 @@ def test_class_order_agrees_with_the_datasets_registry():
     assert list(o.classes) == imagenet.objectnet_labels()
     assert [sorted(i) for i in o.imagenet_indices] == imagenet.objectnet_imagenet_indices()
     assert [i[0] for i in r.imagenet_indices] == imagenet.imagenet_r_indices()
+
+
+@pytest.mark.gpu
+def test_evaluate_shift_on_cuda_tensors():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    o = shift_for("objectnet")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 64, 1000, generator=g)
+    labels = torch.randint(0, 113, (64,), generator=g)
+    on_cpu = evaluate_shift(logits, labels, o)
+    on_gpu = evaluate_shift(logits.cuda(), labels.cuda(), o)
+    np.testing.assert_allclose(on_gpu, on_cpu)
+    er = effective_robustness(torch.tensor(on_gpu).cuda(), torch.full((3,), 0.5).cuda(), load_baseline("imagenet-objectnet"), n_id=64)
+    assert er.shape == (3,)

@@ -56,6 +56,10 @@ def test_list_and_show(capsys):
     assert "T(ood) = 0.92323 * T(id) - 0.49769" in out and "r = 0.99802, n = 85" in out and "imagenet-testbed" in out
     rc, out, _ = _cli(capsys, "baseline", "show", "imagenet-imagenet-r", "--transform", "probit", "--json")
     d = json.loads(out)
+    # CLIP ViT-B/32 zero-shot from the shipped testbed (63.302 / 55.770): about +5.6 points on ImageNetV2
+    rc, out, _ = _cli(capsys, "baseline", "show", "imagenet-imagenetv2", "--point", "0.63302", "0.5577")
+    assert rc == 0 and "ER = +0.0563 (+5.63 points)" in out
+    _assert_user_error(capsys, ["baseline", "show", "imagenet-imagenetv2", "--point", "63.3", "55.8"], r"looks like a percentage")
     assert d["slope"] == pytest.approx(0.77189, abs=1e-5) and d["transform"] == "probit" and d["n"] == 80
 
 

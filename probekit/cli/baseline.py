@@ -24,6 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--transform", choices=("logit", "probit"), default=None,
                    help="accuracy transform (default: logit for a named baseline, the file's own for a file)")
     p.add_argument("--json", action="store_true", help="print the fit as JSON (without its points)")
+    p.add_argument("--point", nargs=2, type=float, metavar=("ID", "OOD"), default=None,
+                   help="also print the expected OOD accuracy and the ER of a model with these accuracies (fractions)")
     add_cache_dir(p)
     p.set_defaults(func=run_show)
 
@@ -74,6 +76,13 @@ def run_show(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=2))
     else:
         print(b.describe())
+    if args.point:
+        from probekit.robustness import effective_robustness
+
+        acc_id, acc_ood = args.point
+        er = effective_robustness(acc_id, acc_ood, b)
+        print(f"model at ID {acc_id:.4f}, OOD {acc_ood:.4f}: baseline expects OOD {float(b.expected_ood(acc_id)):.4f}, "
+              f"ER = {er:+.4f} ({100 * er:+.2f} points)")
     return 0
 
 

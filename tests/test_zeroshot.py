@@ -350,3 +350,42 @@ def test_estimators_started_from_zero_shot_begin_at_the_zero_shot_point(tmp_path
     assert lbfgs_points[0].step == 0
     assert lbfgs_points[0].acc["id"][0] == pytest.approx(zs["acc_id"])
     assert lbfgs_points[0].acc["ood"][0] == pytest.approx(zs["acc_ood"]["synth-ood:test"])
+
+
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_train_head_from_zero_shot_starts_at_the_zero_shot_record(tmp_path, clip, class_file, solver):
+    """`train_head(init=zero_shot_start(...).init)`: every head's step-0 record equals the zero-shot run's record."""
+    from probekit.heads.run import train_head
+    from probekit.zeroshot import zero_shot_start
+
+    weights, _ = clip
+    store = tmp_path / "cache"
+    head = zero_shot_head(MODEL, str(class_file), weights=weights, cache_dir=store)
+    X, y = _matching_features(head.W, 10, 0.1, 6)
+    _write_features(store, X, y, weights=weights, dataset="synth", split="train")
+    Xt, yt = _matching_features(head.W, 10, 0.1, 7)
+    id_path = _write_features(store, Xt, yt, weights=weights, dataset="synth", split="test")
+    Xo, yo = _matching_features(head.W, 10, 0.12, 8)
+    ood_path = _write_features(store, Xo, yo, weights=weights, dataset="synth-ood")
+    baseline = _baseline_file(tmp_path)
+    assert main(["zero-shot", "--model", MODEL, "--weights", str(weights), "--classes", str(class_file), "--id", str(id_path),
+                 "--ood", str(ood_path), "--baseline", str(baseline), "--out", str(tmp_path / "zs"), "--cache-dir", str(store)]) == 0
+    zs = read_run(tmp_path / "zs").records[0]
+    assert 0.0 < zs["acc_id"] < 1.0 and 0.0 < zs["acc_ood"]["synth-ood:test"] < 1.0
+
+    start = zero_shot_start("synth:train", model=MODEL, classes=str(class_file), weights=str(weights), cache_dir=store)
+    assert start.head.cache_hit and start.config["init"] == "zero-shot"
+    kw = {"lrs": [0.1, 0.01], "seeds": [0, 1], "batch_size": 8, "epochs": 1} if solver == "sgd" else {"l2_grid": [1.0], "max_iter": 3}
+    train_head(start.train, str(id_path), [str(ood_path)], model=MODEL, weights=str(weights), cache_dir=store, solver=solver,
+               baseline=str(baseline), out=tmp_path / solver, init=start.init, extra_config=start.config, device="cpu",
+               progress=False, **kw)
+    run = read_run(tmp_path / solver)
+    assert run.config["init"] == "zero-shot"
+    firsts = [run.head_records(h)[0] for h in run.heads]
+    assert len(firsts) == (4 if solver == "sgd" else 1)
+    for rec in firsts:
+        assert rec["step"] == 0
+        assert rec["acc_id"] == pytest.approx(zs["acc_id"])
+        assert rec["acc_ood"] == pytest.approx(zs["acc_ood"])
+        assert rec["er"] == pytest.approx(zs["er"])
+    assert any(r["acc_id"] != zs["acc_id"] or r["acc_ood"] != zs["acc_ood"] for r in run.records)  # training moved on

@@ -20,7 +20,7 @@ import numpy as np
 from probekit.atomic import atomic_write_bytes
 from probekit.errors import UserError
 from probekit.robustness.baseline import Baseline
-from probekit.robustness.runs import choose_ood_set, final_records, ood_sets, record_er, record_id_acc
+from probekit.robustness.runs import choose_ood_set, final_records, ood_sets, record_er, record_id_acc, warn_if_full_id
 from probekit.robustness.transforms import inverse_transform, transform as apply_transform
 
 FORMATS = ("png", "svg")
@@ -144,6 +144,7 @@ def plot_id_vs_ood(runs: Iterable[Any], baseline: Baseline | None, testbed_point
     runs = _runs(runs)
     kind = baseline.transform if baseline else "logit"
     chosen = choose_ood_set(ood_sets(r for run in runs for r in run.records), ood_set, baseline)
+    warn_if_full_id([r for run in runs for r in run.records], chosen, baseline)
     testbed_points = list(testbed_points or [])
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     xs_all: list[float] = [p[1] for p in testbed_points]

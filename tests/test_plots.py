@@ -74,6 +74,9 @@ def test_id_vs_ood_with_shipped_imagenet_testbed_and_subset_id(tmp_path):
             for s in range(5)]
     paths = plot_id_vs_ood([RunData("objnet", recs)], b, load_testbed_points("imagenet-objectnet"), tmp_path / "o", formats=("png",))
     assert [p.suffix for p in paths] == [".png"]
+    with pytest.warns(UserWarning, match="lack acc_id_subset"):
+        plot_id_vs_ood([RunData("full-id", [{k: v for k, v in r.items() if k != "acc_id_subset"} for r in recs])], b, [],
+                       tmp_path / "o2", formats=("png",))
     rows = sweep_table([RunData("objnet", recs, {"subset": "classes=50"})], baseline=b)
     # ER uses the ID accuracy on the ObjectNet classes, not the full val accuracy
     assert rows[0]["final_er"] == pytest.approx(effective_robustness(0.82, 0.42, b))

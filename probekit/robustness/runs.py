@@ -66,6 +66,23 @@ def record_er(record: dict, ood_set: str, baseline: Baseline | None = None) -> f
     return effective_robustness(acc_id, acc_ood, baseline, n_id=n, return_clipped=True)[0]
 
 
+def warn_if_full_id(records: Iterable[dict], ood_set: str, baseline: Baseline | None) -> bool:
+    """Warn when a class-subset baseline meets records without the subset ID accuracy for `ood_set`.
+
+    The testbed's x axis is e.g. val-on-objectnet-classes; the full ImageNet val accuracy
+    is another quantity, so ER and the plot would compare unlike things.
+    """
+    if baseline is None or not baseline.id_eval:
+        return False
+    missing = [r for r in records if ood_set in (r.get("acc_ood") or {}) and ood_set not in (r.get("acc_id_subset") or {})]
+    if missing:
+        import warnings
+
+        warnings.warn(f"{len(missing)} record(s) lack acc_id_subset[{ood_set!r}]; their full ID accuracy stands in for "
+                      f"{baseline.id_eval}, which the {baseline.name} baseline was fitted on", UserWarning, stacklevel=3)
+    return bool(missing)
+
+
 def final_records(records: Iterable[dict]) -> dict[str, dict]:
     """{head: its record with the largest step} (the last one logged on ties)."""
     out: dict[str, dict] = {}

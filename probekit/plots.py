@@ -303,6 +303,8 @@ def plot_sweep(runs: Iterable[Any], out_path: str | os.PathLike, *, by: str = "s
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4.2), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         sel = [r for r in rows if r["sweep"] == kind]
+        if kind != "cscore":
+            sel.sort(key=lambda r: r["value"])
         if kind == "cscore":
             order = {"easiest": 0, "random": 1, "hardest": 2}
             values = sorted({r["value"] for r in sel}, key=lambda v: (order.get(v.split(":")[0], 9), v))
@@ -313,11 +315,13 @@ def plot_sweep(runs: Iterable[Any], out_path: str | os.PathLike, *, by: str = "s
             xs = [r["value"] for r in sel]
             if max(xs) / max(min(xs), 1) >= 10:
                 ax.set_xscale("log")
-        ax.errorbar(xs, [100 * r["final_er"] for r in sel], yerr=[100 * r["final_er_std"] for r in sel], fmt="o", capsize=3,
+        ax.errorbar(xs, [100 * r["final_er"] for r in sel], yerr=[100 * r["final_er_std"] for r in sel],
+                    fmt="o" if kind == "cscore" else "o-", capsize=3,
                     label="final ER (mean ± std over heads)")
         peaks = [(x, r["peak_er"]) for x, r in zip(xs, sel) if r["peak_er"] is not None]
         if peaks:
-            ax.plot([p[0] for p in peaks], [100 * p[1] for p in peaks], "v", color="tab:orange", label="peak ER during training")
+            ax.plot([p[0] for p in peaks], [100 * p[1] for p in peaks], "v" if kind == "cscore" else "v--", color="tab:orange",
+                    label="peak ER during training")
         ax.axhline(0, color="black", lw=0.8, ls="--")
         ax.set_xlabel(SWEEPS[kind])
         ax.set_ylabel("effective robustness (accuracy points, %)")

@@ -113,10 +113,12 @@ def _build(name: str, weights, image_size: int | None):
     import timm
 
     arch = resolve_alias(name)
-    kwargs = {}
-    if image_size is not None and _takes_img_size(arch):
-        kwargs["img_size"] = image_size
-    model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    kwargs = {"img_size": image_size} if image_size is not None else {}
+    try:  # ViT-like models need the size at construction; some CNNs refuse the argument
+        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+    except TypeError:
+        kwargs = {}
+        model = timm.create_model(arch, pretrained=False, num_classes=0)
     family = FAMILY
     if weights == W.DEFAULT and name.lower().startswith("bit-s-"):
         google = "BiT-S-R" + name.lower()[len("bit-s-r"):]
@@ -141,16 +143,6 @@ def _build(name: str, weights, image_size: int | None):
                       drop_prefixes=_head_prefixes(model))
         wid = W.weight_id(weights)
     return model, family, wid, _data_config(model, image_size)
-
-
-def _takes_img_size(arch: str) -> bool:
-    import inspect
-
-    import timm
-
-    fn = timm.models.model_entrypoint(arch.split(".", 1)[0])
-    module = inspect.getmodule(fn)
-    return any(k in getattr(module, "__name__", "") for k in ("vision_transformer", "deit", "beit", "eva", "swin"))
 
 
 def bit_npz_keys(model, prefix: str = "resnet/") -> dict[str, tuple]:

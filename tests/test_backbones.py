@@ -84,6 +84,7 @@ def test_names_resolve_to_their_family():
     assert resolve("BiT-M-R50x1") == ("timm", "bit-m-r50x1")
     assert resolve("clip-vit-b-32")[0] == "open_clip"
     assert resolve("open_clip:ViT-B-32-quickgelu:openai")[0] == "open_clip"
+    assert resolve("ViT-B-32-quickgelu") == ("open_clip", "open_clip:ViT-B-32-quickgelu")
     assert resolve("efficientnet_lite0")[0] == "efficientnet_lite0"
     names = list_backbones()
     for name in ("alexnet", "resnet18", "resnet50", "resnet152", "vgg11_bn", "wide_resnet50_2",

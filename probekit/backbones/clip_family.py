@@ -25,6 +25,12 @@ _EMBED = ("clip-image-embed", "embed", "image-embed", "projected", None)
 _PRE = ("clip-pre-projection", "pre-projection", "pre_projection", "preprojection")
 
 
+def is_arch(name: str) -> bool:
+    import open_clip
+
+    return name in open_clip.list_models()
+
+
 def parse(name: str) -> tuple[str, str]:
     """Registry name -> (open_clip architecture, pretrained tag)."""
     import open_clip

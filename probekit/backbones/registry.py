@@ -2,7 +2,8 @@
 
 Lookup order: the bundled `efficientnet_lite0`; CLIP (`clip-vit-b-32`, `open_clip:ARCH[:TAG]`);
 explicit `torchvision:NAME` / `timm:NAME`; Google BiT names (`bit-m-r50x1`, `bit-s-r50x1` ...);
-then any torchvision classifier name; then any timm name (with an optional `.tag`).
+then any torchvision classifier name; then any timm name (with an optional `.tag`); then any
+open_clip architecture (`ViT-B-32-quickgelu`, default tag `openai` where it exists).
 Bare names that exist in both libraries (e.g. `resnet50`) mean torchvision, as in the paper.
 """
 
@@ -54,6 +55,8 @@ def resolve(name: str) -> tuple[str, str]:
         return "torchvision", name
     if timm_family.is_timm_name(name):
         return "timm", name
+    if clip_family.is_arch(name):  # bare open_clip architecture, e.g. ViT-B-32-quickgelu
+        return "open_clip", clip_family.PREFIX + name
     raise unknown_name("backbone", name, _suggestable(), hint="probekit.backbones.list_backbones()")
 
 

@@ -241,14 +241,14 @@ class LBFGSLogistic:
                     return
                 W, b = heads(th)
                 callback(EvalPoint(it, float(problem.fevals), np.array([f]), evaluate_all(sets, W, b),
-                                   {"l2": l2, "objective": f * problem.n, "grad_max": gmax, "refit": refit}))
+                                   {"l2": l2, "objective": f * problem.n, "grad_max": gmax, "refit": refit}, W, b))
 
             theta, f, it, ok = minimize_lbfgs(problem, theta, max_iter=int(self.max_iter), tol=float(self.tol),
                                               history=int(self.history), on_iter=on_iter)
             if callback is not None and self.eval_every and it % self.eval_every:
                 W, b = heads(theta)  # always log the final iterate
                 callback(EvalPoint(it, float(problem.fevals), np.array([f]), evaluate_all(sets, W, b),
-                                   {"l2": l2, "objective": f * problem.n, "grad_max": float("nan"), "refit": refit}))
+                                   {"l2": l2, "objective": f * problem.n, "grad_max": float("nan"), "refit": refit}, W, b))
             return theta, f * problem.n, it, ok
 
         self.l2_grid_, self.val_scores_, self.n_iter_, self.objective_, self.converged_ = grid, {}, {}, {}, {}

@@ -48,6 +48,8 @@ class EvalPoint:
     loss: np.ndarray | None  # [H] training loss of the last step (None before the first)
     acc: dict[str, np.ndarray]  # eval-set name -> accuracy [H]
     extra: dict = field(default_factory=dict)
+    W: torch.Tensor | None = None  # the live weights [H, D, C] / bias [H, C] at this point (read only)
+    b: torch.Tensor | None = None
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -198,7 +200,7 @@ class SGDHeads:
             if callback is None:
                 return
             callback(EvalPoint(step, step / steps_per_epoch, None if loss is None else loss.cpu().numpy(), evaluate_all(sets, W, b),
-                               {"lr_factor": lr_factor(self.schedule, max(0, step - 1), total)}))
+                               {"lr_factor": lr_factor(self.schedule, max(0, step - 1), total)}, W, b))
 
         report(0, None)
         order = None

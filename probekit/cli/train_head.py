@@ -1,0 +1,83 @@
+"""`probekit train-head`: stage 2, linear heads on cached features with ER at every evaluation."""
+
+from __future__ import annotations
+
+import argparse
+
+from probekit.cli import _common
+
+ORDER = 20
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train-head", help="stage 2: train linear heads on cached features, logging ID/OOD accuracy and ER every iteration",
+        description="Train logistic-regression heads on cached features and log, per head and evaluation, ID accuracy, "
+                    "OOD accuracy on every --ood set and effective robustness (with --baseline). --solver sgd trains "
+                    "all --lr x --seeds heads together in one vectorised pass (BiT defaults: lr 0.001, batch 32768, "
+                    "100 epochs, momentum 0.9, no weight decay); --solver lbfgs sweeps the L2 strength "
+                    "(λ = 1/C of scikit-learn's LogisticRegression; default ten values 1e-6..1e7) and picks λ on "
+                    "validation accuracy. Feature sets are dataset:split names found in the cache for --model, or .h5 paths.")
+    p.add_argument("--model", default=None, help="backbone whose cached features to use (needed for dataset:split names)")
+    p.add_argument("--weights", default="default", help="weights the features were extracted with (default, none, or a file)")
+    p.add_argument("--image-size", type=int, default=None, help="input resolution the features were extracted at, if not the default")
+    p.add_argument("--feature", default=None, help="feature kind the features were extracted with, if not the default")
+    p.add_argument("--train", required=True, help="training features: dataset:split or a .h5 file")
+    p.add_argument("--val", default=None, help="validation features (dataset:split or .h5), or TRAIN%%F for a stratified held-out fraction F of train")
+    p.add_argument("--val-fraction", type=float, default=None, help="hold out this stratified fraction of train for choosing λ (lbfgs)")
+    p.add_argument("--id", dest="id_set", required=True, help="in-distribution test features: dataset:split or a .h5 file")
+    p.add_argument("--ood", nargs="*", default=[], help="OOD test features (any number)")
+    p.add_argument("--baseline", default=None, help="ER baseline: a named testbed (see `probekit baseline list`) or a fit JSON file")
+    p.add_argument("--solver", default="sgd", help="sgd (batched SGD heads) or lbfgs (L2 sweep)")
+    p.add_argument("--subset", default=None, help="class-balanced training subset: per-class=N, classes=K, cscore=easiest|hardest|random:N")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    p.add_argument("--cscores", default=None, help="C-score .npz file for --subset cscore=...")
+    p.add_argument("--out", required=True, help="run folder (log.jsonl, summary.json, config.json, heads.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace a complete run in --out")
+    p.add_argument("--save-predictions", action="store_true", help="also write per-example OOD predictions (predictions.npz)")
+    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N optimiser steps / L-BFGS iterations (default 1; 0 = only start and end)")
+    p.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32", help="keep features in memory as float16 to halve memory (compute stays float32)")
+    _common.add_cache_dir(p)
+    _common.add_device(p)
+    g = p.add_argument_group("sgd")
+    g.add_argument("--lr", type=float, nargs="+", default=[0.001], help="learning rates (default 0.001)")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds: each head's init and shuffling (default 0)")
+    g.add_argument("--batch-size", type=int, default=32768, help="minibatch size (default 32768, BiT)")
+    g.add_argument("--epochs", type=float, default=100, help="epochs (default 100, BiT)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0, BiT)")
+    g.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step"), help="learning-rate schedule")
+    g.add_argument("--head-init", default="uniform", choices=("uniform", "zeros"), help="fresh head init: nn.Linear-style uniform (seeded) or zeros")
+    g = p.add_argument_group("lbfgs")
+    g.add_argument("--l2-grid", type=float, nargs="+", default=None, help="L2 strengths λ (= 1/C); default ten log-spaced 1e-6..1e7")
+    g.add_argument("--refit", action="store_true", help="retrain on train + validation with the chosen λ")
+    g.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations per λ (default 1000)")
+    g.add_argument("--tol", type=float, default=1e-6, help="stop when max |gradient| of the mean objective <= tol (default 1e-6)")
+    g.add_argument("--no-warm-start", action="store_true", help="start every λ from zero instead of the previous solution")
+    g.add_argument("--lbfgs-dtype", choices=("float64", "float32"), default="float64", help="L-BFGS precision (default float64)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from probekit.heads.run import train_head
+
+    res = train_head(args.train, args.id_set, args.ood, val=args.val, model=args.model, cache_dir=args.cache_dir,
+                     weights=args.weights, image_size=args.image_size, feature=args.feature, solver=args.solver,
+                     baseline=args.baseline, subset=args.subset, subset_seed=args.subset_seed, cscores=args.cscores,
+                     out=args.out, overwrite=args.overwrite, save_predictions=args.save_predictions, device=args.device,
+                     storage_dtype=args.storage_dtype, eval_every=args.eval_every, progress=not args.no_progress,
+                     lrs=args.lr, seeds=args.seeds, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
+                     weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid,
+                     val_fraction=args.val_fraction, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
+                     warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype)
+    s = res.summary
+    if s["solver"] == "lbfgs":
+        h = s["heads"].get(s["chosen_head"], {})
+        print(f"chosen l2={s['chosen_l2']:g}  acc_id={h.get('final', {}).get('acc_id', float('nan')):.4f}  "
+              f"acc_ood={h.get('final', {}).get('acc_ood')}  -> {res.out}")
+    else:
+        for name, h in s["heads"].items():
+            print(f"{name}  acc_id={h['final']['acc_id']:.4f}  acc_ood={h['final']['acc_ood']}" + (f"  er={h['final']['er']}" if "er" in h["final"] else ""))
+        print(f"-> {res.out}")
+    return 0

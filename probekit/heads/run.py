@@ -1,0 +1,394 @@
+"""`train_head`: one stage-2 run from cached features to a complete run folder.
+
+Reads features only through `probekit.cache`, subsets through `probekit.datasets.subsets`,
+computes ER only through `probekit.robustness`, and writes through `probekit.runlog`.
+Everything a user can get wrong (files, dimensions, label spaces, NaN, subset, λ, lr,
+baseline, solver) is checked before the run folder is touched, so a bad command loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probekit.errors import UserError, unknown_name
+
+SOLVERS = ("sgd", "lbfgs")
+
+
+@dataclass
+class TrainHeadResult:
+    """What a run produced: the fitted estimator, its folder, and the per-head summary."""
+
+    estimator: Any
+    out: Path | None
+    summary: dict
+    records: list[dict] = field(default_factory=list)
+
+
+def _baseline_applies(baseline: Any, ood_name: str) -> bool:
+    """A baseline fitted for one OOD dataset gives ER only on that dataset; one without a set, on all."""
+    from probekit.robustness.shifts import dataset_name
+
+    target = getattr(baseline, "ood_set", None)
+    return not target or dataset_name(target) == dataset_name(ood_name)
+
+
+def _load(spec, *, model, cache_dir, find_kw, role: str):
+    """A FeatureSet from a FeatureSet, a `.h5` path or `dataset:split` (through the cache)."""
+    from probekit.cache import FeatureSet, resolve_features
+
+    if isinstance(spec, FeatureSet):
+        return spec
+    return resolve_features(spec, model=model, cache_dir=cache_dir, **find_kw)
+
+
+def _where(fs) -> str:
+    return str(fs.path) if getattr(fs, "path", None) else fs.name
+
+
+def _check_finite(fs, role: str) -> None:
+    bad = int((~np.isfinite(fs.features)).sum())
+    if bad:
+        raise UserError(f"{role} features {_where(fs)} hold {bad} NaN/Inf values; delete the file and re-extract it")
+
+
+def _parse_val(val, train_spec) -> tuple[Any, float | None]:
+    """`--val` as a split/path, or `SPEC%F` / a bare fraction = held-out stratified fraction of train."""
+    if val is None:
+        return None, None
+    if isinstance(val, (int, float)):
+        return None, float(val)
+    text = os.fspath(val) if not hasattr(val, "features") else None
+    if text is None:
+        return val, None
+    if "%" in text:
+        head, frac = text.rsplit("%", 1)
+        train_text = getattr(train_spec, "name", None) or os.fspath(train_spec)
+        if head and head != train_text:
+            raise UserError(f"--val {text!r}: a held-out fraction must be of the training set {train_spec!r}, e.g. {train_spec}%0.1")
+        try:
+            return None, float(frac)
+        except ValueError:
+            raise UserError(f"--val {text!r}: {frac!r} is not a fraction; use e.g. {train_spec}%0.1") from None
+    try:
+        return None, float(text)
+    except ValueError:
+        return text, None
+
+
+def _summarise(records: list[dict], heads: list[str]) -> dict:
+    """Per head: final and best acc_id / acc_ood, final and peak ER with the step of the peak."""
+    out = {}
+    for h in heads:
+        rs = [r for r in records if r["head"] == h]
+        if not rs:
+            continue
+        last = rs[-1]
+        entry = {"steps": last["step"], "final": {"step": last["step"], "acc_id": last["acc_id"], "acc_ood": last["acc_ood"]},
+                 "best_acc_id": max(r["acc_id"] for r in rs), "best_acc_ood": {}}
+        for key in ("lr", "seed", "l2", "refit"):
+            if key in last:
+                entry[key] = last[key]
+        for s in last["acc_ood"]:
+            entry["best_acc_ood"][s] = max(r["acc_ood"][s] for r in rs)
+        if "er" in last:
+            entry["final"]["er"] = last["er"]
+            entry["er_peak"] = {}
+            for s in last["er"]:
+                vals = [(r["er"][s], r["step"]) for r in rs if r.get("er", {}).get(s) is not None]
+                if vals:
+                    er, step = max(vals, key=lambda v: v[0])
+                    entry["er_peak"][s] = {"er": er, "step": step}
+        if "loss" in last:
+            entry["final"]["loss"] = last["loss"]
+        out[h] = entry
+    return out
+
+
+def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None = None, cache_dir=None,
+               weights: str = "default", image_size: int | None = None, feature: str | None = None,
+               solver: str = "sgd", baseline=None, subset: str | None = None, subset_seed: int = 0,
+               cscores=None, out=None, overwrite: bool = False, save_predictions: bool = False, device=None,
+               storage_dtype: str = "float32", eval_every: int = 1, progress: bool = True,
+               lrs: Sequence[float] = (0.001,), seeds: Sequence[int] = (0,), batch_size: int = 32768,
+               epochs: float = 100, momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
+               head_init: str = "uniform", l2_grid: Sequence[float] | None = None, val_fraction: float | None = None,
+               val_seed: int = 0, refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
+               lbfgs_dtype: str = "float64", init=None, extra_config: dict | None = None) -> TrainHeadResult:
+    """Train heads on cached features and log acc_id / acc_ood / ER at every evaluation.
+
+    `train`, `id_set`, `ood`, `val`: ``dataset:split`` names (found in the cache for `model`),
+    ``.h5`` paths, or `FeatureSet`s. `val` may also be ``SPEC%F`` or a fraction (a stratified
+    held-out share of train, like `val_fraction`). `baseline`: a named baseline or a fit file.
+    `init=(coef [C, D], intercept [C])` starts every head from given weights (zero-shot hook).
+    Returns a `TrainHeadResult`; with `out`, the run folder holds log.jsonl, summary.json,
+    config.json, heads.pt and (on request) predictions.npz.
+    """
+    import torch
+
+    from probekit import runlog
+    from probekit.heads.evaluation import EvalSet, check_positive_list, predict_heads, resolve_device
+    from probekit.heads.lbfgs import DEFAULT_L2_GRID, LBFGSLogistic, l2_id
+    from probekit.heads.sgd import SGDHeads
+
+    t_start = time.time()
+    if solver not in SOLVERS:
+        raise unknown_name("solver", str(solver), SOLVERS)
+    if solver == "sgd":
+        lrs = check_positive_list(lrs, "--lr")
+    else:
+        l2_grid = check_positive_list(DEFAULT_L2_GRID if l2_grid is None else l2_grid, "--l2-grid")
+    if out is not None and runlog.is_complete(out) and not overwrite:
+        raise UserError(f"run folder {out} already holds a complete run; pass --overwrite or choose another --out")
+    dev = resolve_device(device)
+
+    # -- features ------------------------------------------------------------------------
+    find_kw = {k: v for k, v in (("weights", weights), ("image_size", image_size), ("feature", feature)) if v not in (None, "default")}
+    load = lambda spec, role: _load(spec, model=model, cache_dir=cache_dir, find_kw=find_kw, role=role)  # noqa: E731
+    tr = load(train, "train")
+    val_spec, frac = _parse_val(val, train)
+    frac = frac if frac is not None else val_fraction
+    va = load(val_spec, "val") if val_spec is not None else None
+    te = load(id_set, "ID")
+    oods = [load(s, "OOD") for s in ood]
+    names = [fs.name for fs in [te, *oods]]
+    if len(set(names)) != len(names):
+        raise UserError(f"the ID and OOD sets must differ, got {', '.join(names)}")
+    roles = [("train", tr)] + ([("validation", va)] if va is not None else []) + [("ID", te)] + [("OOD", o) for o in oods]
+    for role, fs in roles:
+        _check_finite(fs, role)
+        if fs.features.shape[1] != tr.features.shape[1]:
+            raise UserError(f"{role} features {_where(fs)} have dimension {fs.features.shape[1]} but train features {_where(tr)} "
+                            f"have {tr.features.shape[1]}; extract both with the same --model / --feature")
+    C = tr.num_classes
+    space = tr.attrs.get("label_space")
+    for role, fs in roles[1:]:
+        if role == "OOD":
+            continue
+        other = fs.attrs.get("label_space")
+        if (other and space and other != space) or fs.num_classes != C or (fs.classes and tr.classes and fs.classes != tr.classes):
+            raise UserError(f"{role} features {_where(fs)} have label space {fs.attrs.get('label_space')!r} ({fs.num_classes} classes) "
+                            f"but train features {_where(tr)} have {space!r} ({C} classes); use sets of the same classes")
+        if fs.labels.size and fs.labels.max() >= C:
+            raise UserError(f"{role} features {_where(fs)} hold label {int(fs.labels.max())} but the head has {C} classes")
+    from probekit.robustness.shifts import check_label_space
+
+    shifts = {}
+    for o in oods:
+        try:
+            shifts[o.name] = check_label_space(space, C, o.name, o.attrs.get("label_space"), o.num_classes)
+        except UserError as e:
+            raise UserError(f"{e} (train {_where(tr)}, OOD {_where(o)})") from None
+
+    # -- subset --------------------------------------------------------------------------
+    X, y = tr.features, tr.labels
+    rows = None
+    if subset:
+        from probekit.datasets.subsets import load_cscores, select_subset
+
+        cs = load_cscores(cscores, y) if cscores else None
+        rows = select_subset(y, subset, seed=subset_seed, cscores=cs)
+        if rows.size == 0:
+            raise UserError(f"subset {subset!r} selects no training rows; choose a larger subset")
+        X, y = X[rows], y[rows]
+    elif cscores:
+        raise UserError("--cscores is only used with --subset cscore=...; add a --subset or drop --cscores")
+
+    # -- baseline ------------------------------------------------------------------------
+    base = None
+    if baseline is not None:
+        from probekit.robustness import load_baseline
+
+        base = load_baseline(baseline) if not hasattr(baseline, "slope") else baseline
+        if oods and not any(_baseline_applies(base, o.name) for o in oods):
+            raise UserError(f"baseline {base.name} is fitted for OOD set {base.ood_set}, which is not among --ood "
+                            f"{' '.join(o.name for o in oods)}; pass the baseline of one of these sets")
+    er_sets = [o.name for o in oods if base is not None and _baseline_applies(base, o.name)]
+
+    # -- estimator -----------------------------------------------------------------------
+    if solver == "sgd":
+        est = SGDHeads(lrs, seeds, batch_size=batch_size, epochs=epochs, momentum=momentum, weight_decay=weight_decay,
+                       schedule=schedule, eval_every=eval_every, head_init=head_init, init=init, n_classes=C,
+                       device=dev, storage_dtype=storage_dtype)
+        est._check_params()
+        heads = [{"head": f"lr={lr:g},seed={s}", "lr": lr, "seed": s} for lr in est.lrs_ for s in est.seeds_]
+    else:
+        est = LBFGSLogistic(l2_grid, max_iter=max_iter, tol=tol, refit=refit, warm_start=warm_start,
+                            val_fraction=frac if va is None else None, val_seed=val_seed, eval_every=eval_every,
+                            init=init, n_classes=C, device=dev, dtype=lbfgs_dtype)
+        est._check_params()
+        if va is None and not frac and len(l2_grid) > 1:
+            raise UserError("the L-BFGS sweep chooses λ on validation data: pass --val SPLIT|FILE or --val-fraction F")
+
+    # -- evaluation sets -----------------------------------------------------------------
+    storage = torch.float16 if storage_dtype == "float16" else torch.float32
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+    sets = [EvalSet(te.name, as_t(te.features).to(storage), as_t(te.labels))]
+    id_subset = {}
+    for o in oods:
+        sh = shifts[o.name]
+        sets.append(EvalSet(o.name, as_t(o.features).to(storage), as_t(o.labels), sh.restrict_logits if sh else None))
+        if sh is not None:
+            mask = sh.id_mask(te.labels)
+            if not mask.any():
+                raise UserError(f"no row of ID set {_where(te)} belongs to the {sh.name} classes; is the ID set ImageNet val?")
+            key = f"{o.name}__id"
+            id_subset[o.name] = (key, sh.id_eval, int(mask.sum()))
+            sets.append(EvalSet(key, as_t(te.features[mask]).to(storage), as_t(sh.map_id_labels(te.labels[mask])), sh.restrict_logits))
+
+    config = {
+        "command": "train-head", "solver": solver, "model": model, "weights": weights, "image_size": image_size, "feature": feature,
+        "train": tr.name, "val": va.name if va is not None else None, "val_fraction": frac if va is None else None,
+        "id_set": te.name, "ood": [o.name for o in oods],
+        "feature_files": {role: str(fs.path) if fs.path else None for role, fs in [("train", tr), ("val", va), ("id", te)] if fs is not None}
+        | {f"ood:{o.name}": str(o.path) if o.path else None for o in oods},
+        "backbone": tr.attrs.get("backbone"), "weight_id": tr.attrs.get("weight_id"), "label_space": space, "num_classes": C,
+        "feature_dim": int(X.shape[1]), "n_train": int(len(y)), "n_train_total": int(len(tr.labels)),
+        "subset": subset, "subset_seed": subset_seed if subset else None, "cscores": str(cscores) if cscores else None,
+        "baseline": (base.name if base is not None else None), "baseline_fit": (base.to_json() if base is not None and hasattr(base, "to_json") else None),
+        "er_sets": er_sets, "class_subset_shifts": {s: v[1] for s, v in id_subset.items()},
+        "eval_every": eval_every, "device": str(dev), "storage_dtype": storage_dtype, "save_predictions": save_predictions,
+        "init": "given" if init is not None else None, "torch": torch.__version__,
+    }
+    if solver == "sgd":
+        config |= {"lrs": est.lrs_, "seeds": est.seeds_, "batch_size": batch_size, "epochs": epochs, "momentum": momentum,
+                   "weight_decay": weight_decay, "schedule": schedule, "head_init": head_init}
+    else:
+        config |= {"l2_grid": sorted(l2_grid, reverse=True), "refit": refit, "max_iter": max_iter, "tol": tol,
+                   "warm_start": warm_start, "lbfgs_dtype": lbfgs_dtype, "val_seed": val_seed,
+                   "objective": "sum_i CE(W x_i + b, y_i) + (l2/2) ||W||^2, bias unpenalised; l2 = 1/C of sklearn LogisticRegression"}
+    config |= extra_config or {}
+
+    # -- the run -------------------------------------------------------------------------
+    writer = runlog.RunWriter(out, config, overwrite=overwrite) if out is not None else None
+    records: list[dict] = []
+    preds: dict[str, list] = {o.name: [] for o in oods} if save_predictions else {}
+    pred_steps: list[int] = []
+    from tqdm import tqdm
+
+    bar = tqdm(disable=not progress, unit="step", desc=f"train-head {solver}", dynamic_ncols=True, leave=False)
+    from probekit.robustness import effective_robustness
+
+    def er_for(acc_id_vec, acc_ood_vec, n_id, n_ood):
+        er, clipped = effective_robustness(acc_id_vec, acc_ood_vec, base, n_id=n_id, n_ood=n_ood, return_clipped=True)
+        return np.atleast_1d(np.asarray(er, dtype=np.float64)), np.atleast_1d(np.asarray(clipped, dtype=bool))
+
+    def on_eval(p):
+        if solver == "sgd":
+            hs = heads
+            mode_extra = [{"lr": h["lr"], "seed": h["seed"]} for h in hs]
+        else:
+            l2, rf = p.extra["l2"], p.extra["refit"]
+            hs = [{"head": l2_id(l2, rf)}]
+            mode_extra = [{"l2": l2, "refit": rf, "objective": p.extra["objective"], "grad_max": p.extra["grad_max"]}]
+        H = len(hs)
+        acc_id = p.acc[te.name]
+        ers, clip = {}, {}
+        for s in er_sets:
+            if s in id_subset:
+                key, _, n_sub = id_subset[s]
+                ers[s], clip[s] = er_for(p.acc[key], p.acc[s], n_sub, len(sets[[e.name for e in sets].index(s)].y))
+            else:
+                ers[s], clip[s] = er_for(acc_id, p.acc[s], len(te.labels), next(e.n for e in sets if e.name == s))
+        batch = []
+        for h in range(H):
+            r = {"step": p.step, "epoch": p.epoch, "head": hs[h]["head"], "mode": solver, **mode_extra[h],
+                 "loss": None if p.loss is None else float(p.loss[h]), "acc_id": float(acc_id[h]),
+                 "acc_ood": {o.name: float(p.acc[o.name][h]) for o in oods}, "id_set": te.name}
+            if id_subset:
+                r["acc_id_subset"] = {s: float(p.acc[v[0]][h]) for s, v in id_subset.items()}
+                r["id_eval"] = {s: v[1] for s, v in id_subset.items()}
+            if base is not None:
+                r["er"] = {s: float(ers[s][h]) for s in er_sets}
+                if any(bool(clip[s][h]) for s in er_sets):
+                    r["clipped"] = True
+            if subset:
+                r["subset"] = subset
+            batch.append(r)
+        records.extend(batch)
+        if writer is not None:
+            writer.log_many(batch)
+        if save_predictions and solver == "sgd":
+            pred_steps.append(p.step)
+            for o in oods:
+                es = next(e for e in sets if e.name == o.name)
+                preds[o.name].append(predict_heads(es.X, p.W, p.b, es.restrict).cpu().numpy().astype(np.int16))
+        bar.update(max(0, p.step - bar.n) if solver == "sgd" else 1)
+        if solver == "lbfgs":
+            bar.set_postfix_str(f"l2={p.extra['l2']:.3g}")
+
+    try:
+        if solver == "sgd":
+            spe = math.ceil(len(y) / min(int(batch_size), len(y)))
+            bar.total = max(1, round(epochs * spe))
+            est.fit(X, y, eval_sets=sets, callback=on_eval)
+        else:
+            if va is not None:
+                est.fit(X, y, va.features, va.labels, eval_sets=sets, callback=on_eval)
+            else:
+                est.fit(X, y, eval_sets=sets, callback=on_eval)
+    except BaseException:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        raise
+    bar.close()
+
+    # -- outputs -------------------------------------------------------------------------
+    head_ids = list(dict.fromkeys(r["head"] for r in records)) or ([h["head"] for h in heads] if solver == "sgd" else [])
+    summary = {"solver": solver, "id_set": te.name, "ood": [o.name for o in oods], "baseline": config["baseline"],
+               "n_train": int(len(y)), "elapsed_s": round(time.time() - t_start, 3), "heads": _summarise(records, head_ids)}
+    if solver == "lbfgs":
+        summary |= {"chosen_l2": est.chosen_l2_, "chosen_head": l2_id(est.chosen_l2_, bool(refit and getattr(est, "refit_n_iter_", None) is not None)),
+                    "val_scores": {l2_id(k): v for k, v in est.val_scores_.items()},
+                    "n_iter": {l2_id(k): v for k, v in est.n_iter_.items()},
+                    "objective": {l2_id(k): v for k, v in est.objective_.items()},
+                    "converged": {l2_id(k): v for k, v in est.converged_.items()}}
+    if out is not None:
+        from probekit.atomic import atomic_write_bytes
+        import io
+
+        if solver == "sgd":
+            state = {"weight": torch.from_numpy(est.coef_).contiguous(), "bias": torch.from_numpy(est.intercept_).contiguous(),
+                     "heads": [h["head"] for h in heads], "lr": torch.tensor([h["lr"] for h in heads]),
+                     "seed": torch.tensor([h["seed"] for h in heads])}
+        else:
+            state = {"weight": torch.from_numpy(est.coef_).contiguous(), "bias": torch.from_numpy(est.intercept_).contiguous(),
+                     "chosen_l2": float(est.chosen_l2_), "path_weight": torch.from_numpy(est.path_coef_).contiguous(),
+                     "path_bias": torch.from_numpy(est.path_intercept_).contiguous(), "path_l2": torch.tensor(est.l2_grid_),
+                     "heads": [l2_id(v) for v in est.l2_grid_]}
+        state["classes"] = list(tr.classes)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(Path(out) / "heads.pt", buf.getvalue())
+        if save_predictions and oods:
+            if solver == "lbfgs":  # final prediction of every λ (and the refit), one "step" = -1 (end of each solve)
+                Ws = torch.from_numpy(est.path_coef_).transpose(1, 2).contiguous().to(dev)
+                bs = torch.from_numpy(est.path_intercept_).to(dev)
+                hids = [l2_id(v) for v in est.l2_grid_]
+                if refit and getattr(est, "refit_n_iter_", None) is not None:
+                    Ws = torch.cat([Ws, est.W_.to(dev)]); bs = torch.cat([bs, est.b_.to(dev)])
+                    hids.append(l2_id(est.chosen_l2_, True))
+                pred_steps[:] = [-1]
+                for o in oods:
+                    es = next(e for e in sets if e.name == o.name)
+                    preds[o.name] = [predict_heads(es.X, Ws, bs, es.restrict).cpu().numpy().astype(np.int16)]
+            else:
+                hids = [h["head"] for h in heads]
+            arrays = {"steps": np.asarray(pred_steps, np.int64), "heads": np.asarray(hids)}
+            for o in oods:
+                arrays[o.name] = np.stack(preds[o.name])
+                arrays[o.name + "__index"] = o.index.astype(np.int64)
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            atomic_write_bytes(Path(out) / "predictions.npz", buf.getvalue())
+        writer.finish(summary)
+    return TrainHeadResult(est, Path(out) if out is not None else None, summary, records)

@@ -41,7 +41,7 @@ def _steps(out: Path) -> list[int]:
         return []
 
 
-def _start_and_signal(out: Path, sig: int, when_step: int) -> subprocess.Popen:
+def _start_and_signal(out: Path, sig: int, when_step: int) -> tuple[subprocess.Popen, str]:
     """Start a run and send `sig` as soon as its log holds a record at `when_step` or later."""
     proc = subprocess.Popen([sys.executable, *ARGS, "--out", str(out)], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -51,8 +51,8 @@ def _start_and_signal(out: Path, sig: int, when_step: int) -> subprocess.Popen:
             proc.send_signal(sig)
             break
         time.sleep(0.02)
-    proc.wait(timeout=120)
-    return proc
+    _, err = proc.communicate(timeout=120)
+    return proc, err
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def reference(tmp_path_factory) -> list[dict]:
 
 def test_sigkill_after_an_epoch_checkpoint_then_resume_matches(tmp_path, reference):
     out = tmp_path / "killed"
-    proc = _start_and_signal(out, signal.SIGKILL, STEPS_PER_EPOCH + 2)
+    proc, _ = _start_and_signal(out, signal.SIGKILL, STEPS_PER_EPOCH + 2)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert max(_steps(out)) > STEPS_PER_EPOCH  # records past the checkpoint, to be truncated
     assert not (out / "summary.json").exists()
@@ -81,9 +81,9 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_with_workers_matches(tmp_path,
     import torch
 
     out = tmp_path / "terminated"
-    proc = _start_and_signal(out, signal.SIGTERM, 4)
-    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    err = proc.stderr.strip().splitlines()[-1]
+    proc, stderr = _start_and_signal(out, signal.SIGTERM, 4)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    err = stderr.strip().splitlines()[-1]
     assert "stopped by SIGTERM" in err and "--resume" in err
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert 4 <= state["step"] < STEPS_PER_EPOCH  # a mid-epoch checkpoint

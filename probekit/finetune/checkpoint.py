@@ -55,3 +55,49 @@ def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} belongs to another configuration ({detail}); rerun with the original "
                         f"options to resume, or choose another --out")
     return state
+
+
+def _snapshot(obj: Any) -> Any:
+    """A copy of every tensor in a nested state (training mutates parameters and momentum in place)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundSaver:
+    """Writes checkpoints on a background thread so training does not wait for serialisation and fsync.
+
+    `submit` snapshots the state (a memory copy) and returns; at most one write is in flight,
+    and `wait` (called before the next submit, on stop and at the end) surfaces any write error.
+    """
+
+    def __init__(self):
+        import threading
+
+        self._threading = threading
+        self._thread = None
+        self._error: BaseException | None = None
+
+    def _write(self, path: Path, state: dict) -> None:
+        try:
+            save_checkpoint(path, state)
+        except BaseException as e:  # surfaced by wait()
+            self._error = e
+
+    def submit(self, path: Path, state: dict) -> None:
+        self.wait()
+        snapshot = _snapshot(state)
+        self._thread = self._threading.Thread(target=self._write, args=(path, snapshot), daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

@@ -106,7 +106,7 @@ class SeededSamples(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, sample_seed = key
         image, label = self.dataset[int(index)]
-        torch.manual_seed(int(sample_seed))
+        torch.default_generator.manual_seed(int(sample_seed))  # CPU RNG only: 100x cheaper than torch.manual_seed
         return self.transform(image), label
 
 

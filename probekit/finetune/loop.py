@@ -23,7 +23,7 @@ import torch
 
 from probekit.errors import UserError
 from probekit.finetune import ddp
-from probekit.finetune.checkpoint import checkpoint_path, fingerprint, load_checkpoint, save_checkpoint
+from probekit.finetune.checkpoint import BackgroundSaver, checkpoint_path, load_checkpoint, save_checkpoint
 from probekit.finetune.data import (EvalSet, EvalTransform, Normalize, SeededSamples, StepBatches, TrainTransform,
                                     check_labels, eval_rows)
 from probekit.finetune.recipes import Recipe, default_recipe, get_recipe, lr_at
@@ -269,6 +269,7 @@ class _Run:
         self.run_info = {"max_steps": cfg.max_steps, "device": str(device), "world_size": dist.world,
                          "channels_last": self.channels_last, "workers": cfg.workers}
         self.ckpt = checkpoint_path(cfg.out)
+        self.saver = BackgroundSaver()
 
     # ---- bookkeeping -------------------------------------------------------------------------
     def _head(self, lr: float, seed: int) -> str:
@@ -306,7 +307,7 @@ class _Run:
         writer, start_combo, start_step, state = self._open_log()
         started = time.time()
         finals: dict[str, dict] = {}
-        images = 0
+        images, self.train_s, self.eval_s = 0, 0.0, 0.0
         pbar = None
         if self.dist.is_main and self.cfg.progress:
             from tqdm import tqdm
@@ -321,14 +322,21 @@ class _Run:
                     finals[self._head(*self.combos[k])] = final
                     images += n
                     state = None
+        except BaseException:
+            try:
+                self.saver.wait()  # never leave a checkpoint half-way; a failed write keeps the previous one
+            except Exception:
+                pass
+            if writer is not None:
+                writer.close()  # the log stays as written: incomplete, resumable
+            raise
         finally:
             if pbar is not None:
                 pbar.close()
-            if writer is not None and writer._log and not writer._log.closed and stop.signum is not None:
-                writer.close()
         elapsed = time.time() - started
         summary = {"mode": "finetune", "heads": finals, "steps": self.target, "wall_s": elapsed,
-                   "train_images_per_s": images / elapsed if elapsed > 0 else None,
+                   "train_s": self.train_s, "eval_s": self.eval_s, "train_images": images,
+                   "train_images_per_s": images / self.train_s if self.train_s > 0 else None,
                    "checkpoint": str(self.ckpt)}
         if writer is not None:
             writer.finish(summary)
@@ -354,7 +362,7 @@ class _Run:
     def _save(self, k: int, step: int, model, opt, scaler, loss_sum, loss_count) -> None:
         if not self.dist.is_main:
             return
-        save_checkpoint(self.ckpt, {
+        self.saver.submit(self.ckpt, {
             "config": json.dumps(self.config), "combo": k, "head": self._head(*self.combos[k]), "step": step,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
             "loss_sum": loss_sum.detach().cpu(), "loss_count": loss_count,
@@ -387,6 +395,7 @@ class _Run:
 
         def record(step: int) -> dict:
             nonlocal loss_sum, loss_count
+            t_eval = time.perf_counter()
             stats = torch.stack([loss_sum, torch.tensor(float(loss_count), dtype=torch.float64, device=device)])
             ddp.all_sum(dist, stats)
             loss = float(stats[0] / stats[1]) if float(stats[1]) else None
@@ -400,11 +409,13 @@ class _Run:
                 writer.log(rec)
             if pbar is not None:
                 pbar.set_postfix(acc_id=f"{rec['acc_id']:.3f}", refresh=False)
+            self.eval_s += time.perf_counter() - t_eval
             return rec
 
         if start == 0:
             last = record(0)
         n_images = 0
+        t_train, eval_before = time.perf_counter(), self.eval_s
         if start < self.target:
             sampler = StepBatches(len(self.train_set), r.batch_size, seed, start, self.target, rank=dist.rank, world=dist.world)
             loader = torch.utils.data.DataLoader(
@@ -440,14 +451,16 @@ class _Run:
                 if ddp.any_true(dist, stop.signum is not None, device):
                     if not saved:
                         self._save(k, step, model, opt, scaler, loss_sum, loss_count)
+                    self.saver.wait()
                     signum = stop.signum or signal.SIGTERM
                     name = signal.Signals(signum).name
                     raise Stopped(f"stopped by {name} after step {step} of {head}; checkpoint saved to {self.ckpt}; "
                                   f"rerun the same command with --resume to continue", signum)
+        self.saver.wait()  # the last checkpoint is on disk before the run moves on or finishes
+        # training time: the loop with its record keeping and checkpoints, without evaluations
+        self.train_s += time.perf_counter() - t_train - (self.eval_s - eval_before)
         if not last:  # resumed at the target: the final record is already in the log
             last = {"step": self.target}
         if cfg.save_model and dist.is_main:
-            from probekit.finetune.checkpoint import save_checkpoint as _save_tensor_file
-
-            _save_tensor_file(Path(cfg.out) / f"model_{head.replace('=', '').replace(',', '_')}.pt", model.state_dict())
+            save_checkpoint(Path(cfg.out) / f"model_{head.replace('=', '').replace(',', '_')}.pt", model.state_dict())
         return last, n_images * dist.world

@@ -353,11 +353,8 @@ def test_estimators_started_from_zero_shot_begin_at_the_zero_shot_point(tmp_path
 
 
 @pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
-def test_train_head_from_zero_shot_starts_at_the_zero_shot_record(tmp_path, clip, class_file, solver):
-    """`train_head(init=zero_shot_start(...).init)`: every head's step-0 record equals the zero-shot run's record."""
-    from probekit.heads.run import train_head
-    from probekit.zeroshot import zero_shot_start
-
+def test_train_head_init_zero_shot_starts_at_the_zero_shot_record(tmp_path, clip, class_file, solver, capsys):
+    """`probekit train-head --init zero-shot`: every head's step-0 record equals the `probekit zero-shot` record."""
     weights, _ = clip
     store = tmp_path / "cache"
     head = zero_shot_head(MODEL, str(class_file), weights=weights, cache_dir=store)
@@ -368,19 +365,19 @@ def test_train_head_from_zero_shot_starts_at_the_zero_shot_record(tmp_path, clip
     Xo, yo = _matching_features(head.W, 10, 0.12, 8)
     ood_path = _write_features(store, Xo, yo, weights=weights, dataset="synth-ood")
     baseline = _baseline_file(tmp_path)
-    assert main(["zero-shot", "--model", MODEL, "--weights", str(weights), "--classes", str(class_file), "--id", str(id_path),
-                 "--ood", str(ood_path), "--baseline", str(baseline), "--out", str(tmp_path / "zs"), "--cache-dir", str(store)]) == 0
+    common = ["--model", MODEL, "--weights", str(weights), "--id", str(id_path), "--ood", str(ood_path),
+              "--baseline", str(baseline), "--cache-dir", str(store)]
+    assert main(["zero-shot", "--classes", str(class_file), "--out", str(tmp_path / "zs"), *common]) == 0
     zs = read_run(tmp_path / "zs").records[0]
     assert 0.0 < zs["acc_id"] < 1.0 and 0.0 < zs["acc_ood"]["synth-ood:test"] < 1.0
 
-    start = zero_shot_start("synth:train", model=MODEL, classes=str(class_file), weights=str(weights), cache_dir=store)
-    assert start.head.cache_hit and start.config["init"] == "zero-shot"
-    kw = {"lrs": [0.1, 0.01], "seeds": [0, 1], "batch_size": 8, "epochs": 1} if solver == "sgd" else {"l2_grid": [1.0], "max_iter": 3}
-    train_head(start.train, str(id_path), [str(ood_path)], model=MODEL, weights=str(weights), cache_dir=store, solver=solver,
-               baseline=str(baseline), out=tmp_path / solver, init=start.init, extra_config=start.config, device="cpu",
-               progress=False, **kw)
+    extra = (["--lr", "0.1", "0.01", "--seeds", "0", "1", "--batch-size", "8", "--epochs", "1"] if solver == "sgd"
+             else ["--l2-grid", "1.0", "--max-iter", "3"])
+    code = main(["train-head", "--init", "zero-shot", "--classes", str(class_file), "--train", "synth:train", "--solver", solver,
+                 "--out", str(tmp_path / solver), "--device", "cpu", "--no-progress", *common, *extra])
+    assert code == 0, capsys.readouterr().err
     run = read_run(tmp_path / solver)
-    assert run.config["init"] == "zero-shot"
+    assert run.config["init"] == "zero-shot" and run.config["zero_shot"]["num_templates"] == 1
     firsts = [run.head_records(h)[0] for h in run.heads]
     assert len(firsts) == (4 if solver == "sgd" else 1)
     for rec in firsts:
@@ -389,3 +386,11 @@ def test_train_head_from_zero_shot_starts_at_the_zero_shot_record(tmp_path, clip
         assert rec["acc_ood"] == pytest.approx(zs["acc_ood"])
         assert rec["er"] == pytest.approx(zs["er"])
     assert any(r["acc_id"] != zs["acc_id"] or r["acc_ood"] != zs["acc_ood"] for r in run.records)  # training moved on
+
+
+@pytest.mark.parametrize("flags, expected", [(["--classes", "cifar10"], "only apply with --init zero-shot"),
+                                             (["--init", "zero-shot"], "needs --classes")])
+def test_train_head_init_flags_need_each_other(tmp_path, flags, expected, capsys):
+    code = main(["train-head", "--train", "x.h5", "--id", "y.h5", "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and err.count("\n") == 1

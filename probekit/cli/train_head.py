@@ -55,14 +55,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--tol", type=float, default=1e-6, help="stop when max |gradient| of the mean objective <= tol (default 1e-6)")
     g.add_argument("--no-warm-start", action="store_true", help="start every λ from zero instead of the previous solution")
     g.add_argument("--lbfgs-dtype", choices=("float64", "float32"), default="float64", help="L-BFGS precision (default float64)")
+    g = p.add_argument_group("zero-shot init (CLIP)")
+    g.add_argument("--init", default=None, choices=("zero-shot",), help="start every SGD head and the L-BFGS sweep from CLIP's "
+                   "zero-shot head (text embeddings x logit scale), so step 0 is the zero-shot evaluation")
+    g.add_argument("--classes", default=None, metavar="imagenet|cifar10|FILE", help="class names of the labels, for --init zero-shot")
+    g.add_argument("--templates", default=None, metavar="FILE", help="prompt templates for --init zero-shot (default: the CLIP paper's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from probekit.heads.run import train_head
+    from probekit.zeroshot.init import resolve_init
 
-    res = train_head(args.train, args.id_set, args.ood, val=args.val, model=args.model, cache_dir=args.cache_dir,
+    train, init, init_config = resolve_init(args.init, args.classes, args.templates, train=args.train, model=args.model,
+                                            weights=args.weights, cache_dir=args.cache_dir, device=args.device,
+                                            image_size=args.image_size, feature=args.feature)
+    res = train_head(train, args.id_set, args.ood, val=args.val, model=args.model, cache_dir=args.cache_dir,
                      weights=args.weights, image_size=args.image_size, feature=args.feature, solver=args.solver,
                      baseline=args.baseline, subset=args.subset, subset_seed=args.subset_seed, cscores=args.cscores,
                      out=args.out, overwrite=args.overwrite, save_predictions=args.save_predictions, device=args.device,
@@ -70,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                      lrs=args.lr, seeds=args.seeds, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
                      weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid,
                      val_fraction=args.val_fraction, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
-                     warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype)
+                     warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, init=init, extra_config=init_config)
     s = res.summary
     if s["solver"] == "lbfgs":
         h = s["heads"].get(s["chosen_head"], {})

@@ -65,3 +65,29 @@ def zero_shot_start(train: Any, *, model: str | None, classes: str, weights: str
                                                  "text_cache_key": head.embeddings.key, "logit_scale": head.logit_scale,
                                                  "text_model": head.model, "text_weight_id": head.weight_id}}
     return ZeroShotStart(train, init, config, head)
+
+
+INIT_CHOICES = ("zero-shot",)
+
+
+def resolve_init(init: str | None, classes: str | None, templates: str | os.PathLike | None, *, train: Any,
+                 model: str | None, weights: str | os.PathLike = "default", cache_dir: str | os.PathLike | None = None,
+                 device: Any = None, image_size: int | None = None, feature: str | None = None) -> tuple[Any, Any, dict | None]:
+    """`train-head --init/--classes/--templates` → ``(train, init, extra_config)`` for `train_head`.
+
+    Without `--init`, `train` passes through unchanged with no init; `--classes` or
+    `--templates` without `--init zero-shot` is a mistake worth saying out loud.
+    """
+    from probekit.errors import UserError
+
+    if init is None:
+        if classes or templates:
+            raise UserError("--classes / --templates only apply with --init zero-shot; add --init zero-shot or drop them")
+        return train, None, None
+    if init not in INIT_CHOICES:
+        raise UserError(f"unknown --init {init!r}; choose {', '.join(INIT_CHOICES)} (or leave it out for a fresh head)")
+    if not classes:
+        raise UserError("--init zero-shot needs --classes imagenet|cifar10|FILE: the class names of the training labels, in label order")
+    start = zero_shot_start(train, model=model, classes=classes, weights=weights, templates=templates, cache_dir=cache_dir,
+                            device=device, image_size=image_size, feature=feature)
+    return start.train, start.init, start.config

@@ -432,6 +432,10 @@ def test_efficientnet_lite0_key_renaming_gives_sane_imagenet_predictions():
     with torch.no_grad():
         flower = model(transform(Image.fromarray(load_sample_image("flower.jpg")))[None]).softmax(-1)[0]
         china = model(transform(Image.fromarray(load_sample_image("china.jpg")))[None]).softmax(-1)[0]
+        import matplotlib.cbook
+
+        hopper = model(transform(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")))[None])[0]
+    assert 652 in hopper.topk(5).indices.tolist()  # military uniform
     assert int(flower.argmax()) == 985  # daisy
     assert int(china.argmax()) in (698, 442, 663, 483, 975)  # palace / bell cote / monastery / castle / lakeside
     assert float(flower.max()) > 0.2

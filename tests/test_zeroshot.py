@@ -99,9 +99,9 @@ def _matching_features(W: np.ndarray, per_class: int, noise: float, seed: int) -
     return X / np.linalg.norm(X, axis=1, keepdims=True), y
 
 
-def _reference_weights(model, names, templates) -> np.ndarray:
+def _reference_weights(model, names, templates, arch: str = ARCH) -> np.ndarray:
     """open_clip's own zero-shot weights for the in-memory model (no probekit code involved)."""
-    tok = open_clip.get_tokenizer(ARCH)
+    tok = open_clip.get_tokenizer(arch)
     with torch.no_grad():
         return open_clip.build_zero_shot_classifier(model, tok, list(names), list(templates), device="cpu").numpy()
 
@@ -394,3 +394,18 @@ def test_train_head_init_flags_need_each_other(tmp_path, flags, expected, capsys
     code = main(["train-head", "--train", "x.h5", "--id", "y.h5", "--out", str(tmp_path / "run"), *flags])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_clip_vit_b_32_registry_name_with_a_local_checkpoint(tmp_path, class_file):
+    """The paper's `clip-vit-b-32` (ViT-B-32-quickgelu) through --weights PATH: a 512-d head, CLIP's 1/0.07 scale."""
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).eval()
+    path = tmp_path / "vit-b-32.pt"
+    torch.save(model.state_dict(), path)
+    tpl = tmp_path / "t.txt"
+    tpl.write_text("a photo of a {}.\n")
+    head = zero_shot_head("clip-vit-b-32", str(class_file), weights=path, templates=tpl, cache_dir=tmp_path)
+    assert head.W.shape == (512, 3) and head.model == "clip-vit-b-32"
+    assert head.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+    np.testing.assert_allclose(head.W, _reference_weights(model, NAMES, head.classes.templates, "ViT-B-32-quickgelu"), atol=1e-5)

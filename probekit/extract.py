@@ -220,6 +220,53 @@ class _Writer(threading.Thread):
                 continue
 
 
+class _Prefetch:
+    """Iterate a workers=0 DataLoader in a background thread, `depth` batches ahead.
+
+    Decoding and resizing (PIL and torch release the GIL) then overlap the forward pass
+    instead of alternating with it, without the start-up and IPC cost of worker processes.
+    """
+
+    _END = object()
+
+    def __init__(self, iterable, depth: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._fill, args=(iterable,), daemon=True, name="probekit-prefetch")
+        self.thread.start()
+
+    def _fill(self, iterable) -> None:
+        try:
+            for item in iterable:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # re-raised in the consuming thread
+            self._put(e)
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 def _resolve_device(device: str | None):
     import torch
 
@@ -263,9 +310,10 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
     thread.start()
     bar = tqdm(total=stop - start, unit="img", desc=desc, disable=not progress, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
     failure: BaseException | None = None
+    source = loader if workers > 0 else _Prefetch(loader)
     try:
         with torch.inference_mode():
-            for batch in loader:
+            for batch in source:
                 bad = batch["bad"]
                 if bad and not skip_bad:
                     raise UserError(bad[0][1])
@@ -294,6 +342,8 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
         failure = e
     finally:
         bar.close()
+        if isinstance(source, _Prefetch):
+            source.close()
         try:
             thread.put(None)
         except BaseException as e:  # the writer itself failed
@@ -385,7 +435,7 @@ def _extract_distributed(p: Plan, *, batch_size: int, dtype: str, quiet: bool, *
         n = len(p.dataset)
         start, stop = shard_range(n, batch_size, rank, world)
         shard = p.path.with_name(f"{p.path.name}.rank{rank}-of-{world}.shard")
-        status = None
+        status, own_error = None, None
         try:
             if not cache.is_complete_shard(shard):
                 w = cache.FeatureWriter(shard, attrs={**p.attrs, "batch_size": batch_size, "shard_start": start, "shard_stop": stop},
@@ -399,13 +449,17 @@ def _extract_distributed(p: Plan, *, batch_size: int, dtype: str, quiet: bool, *
                     w.finish()
                 finally:
                     w.close()
-        except UserError as e:
-            status = str(e)
+        except BaseException as e:  # every rank must reach the gather below, or the others hang
+            own_error = e
+            status = ("user", str(e)) if isinstance(e, UserError) else ("bug", f"rank {rank} failed: {type(e).__name__}: {e}")
         statuses: list = [None] * world
         dist.all_gather_object(statuses, status)
+        if own_error is not None and not isinstance(own_error, UserError):
+            raise own_error
         failed = [s for s in statuses if s]
         if failed:
-            raise UserError(failed[0])
+            kind, message = failed[0]
+            raise UserError(message) if kind == "user" else RuntimeError(message)
         result = [None]
         if rank == 0:
             shards = [p.path.with_name(f"{p.path.name}.rank{r}-of-{world}.shard") for r in range(world)]

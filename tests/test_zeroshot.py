@@ -409,3 +409,30 @@ def test_clip_vit_b_32_registry_name_with_a_local_checkpoint(tmp_path, class_fil
     assert head.W.shape == (512, 3) and head.model == "clip-vit-b-32"
     assert head.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
     np.testing.assert_allclose(head.W, _reference_weights(model, NAMES, head.classes.templates, "ViT-B-32-quickgelu"), atol=1e-5)
+
+
+def test_end_to_end_with_features_from_extract(tmp_path, clip, capsys):
+    """Real stage 1 (`extract` of bundled digits through the tiny CLIP) then `probekit zero-shot` by dataset:split."""
+    from probekit.extract import extract
+
+    weights, _ = clip
+    store = tmp_path / "cache"
+    for feature in (None, "pre-projection"):
+        extract(MODEL, "digits", "test", weights=str(weights), cache_dir=store, device="cpu", workers=0,
+                batch_size=256, feature=feature, progress=False, quiet=True)
+    names = tmp_path / "digits.txt"
+    names.write_text("\n".join(f"the number {w}" for w in
+                               ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")))
+    out = tmp_path / "run"
+    assert main(["zero-shot", "--model", MODEL, "--weights", str(weights), "--classes", str(names), "--id", "digits:test",
+                 "--out", str(out), "--cache-dir", str(store)]) == 0
+    rec = read_run(out).records[0]
+    fs = cache.resolve_features("digits:test", model=MODEL, cache_dir=store, weights=str(weights))
+    head = zero_shot_head(MODEL, str(names), weights=weights, cache_dir=store)
+    assert rec["acc_id"] == pytest.approx(float((head.logits(fs.features).argmax(1) == fs.labels).mean()))
+    np.testing.assert_allclose(np.linalg.norm(fs.features, axis=1), 1.0, atol=1e-4)  # extract stores the normalised embedding
+    pre = next(p for p in store.glob("*.h5") if cache.read_attrs(p)["feature_kind"] == "clip-pre-projection")
+    capsys.readouterr()
+    assert main(["zero-shot", "--model", MODEL, "--weights", str(weights), "--classes", str(names), "--id", str(pre),
+                 "--out", str(tmp_path / "bad"), "--cache-dir", str(store)]) == 2
+    assert "clip-pre-projection" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Backbone names -> the family that builds them, timm-style: one factory, many entry points.
 
-Lookup order: the bundled `efficientnet_lite0`; CLIP (`clip-vit-b-32`, `open_clip:ARCH[:TAG]`);
+Lookup order: the bundled `efficientnet_lite0` and `small_cnn` (for from-scratch testbeds); CLIP (`clip-vit-b-32`, `open_clip:ARCH[:TAG]`);
 explicit `torchvision:NAME` / `timm:NAME`; Google BiT names (`bit-m-r50x1`, `bit-s-r50x1` ...);
 then any torchvision classifier name; then any timm name (with an optional `.tag`); then any
 open_clip architecture (`ViT-B-32-quickgelu`, default tag `openai` where it exists).
@@ -19,6 +19,7 @@ from probekit.errors import UserError, unknown_name
 PAPER_TORCHVISION = ("alexnet", "resnet18", "resnet50", "resnet152", "vgg11_bn", "wide_resnet50_2")
 _MODULES = {
     "efficientnet_lite0": "probekit.backbones.efficientnet_lite0",
+    "small_cnn": "probekit.backbones.small_cnn",
     "open_clip": "probekit.backbones.clip_family",
     "torchvision": "probekit.backbones.torchvision_family",
     "timm": "probekit.backbones.timm_family",
@@ -35,6 +36,8 @@ def resolve(name: str) -> tuple[str, str]:
     low = name.lower()
     if low in ("efficientnet_lite0", "efficientnet-lite0"):
         return "efficientnet_lite0", "efficientnet_lite0"
+    if low in ("small_cnn", "small-cnn"):
+        return "small_cnn", "small_cnn"
     if low in clip_family.ALIASES or name.startswith(clip_family.PREFIX):
         return "open_clip", name
     if low.startswith(("torchvision:", "tv:")):
@@ -71,7 +74,7 @@ def list_backbones() -> list[str]:
     and every torchvision classifier. Any other timm name (or `timm:NAME`, `open_clip:ARCH[:TAG]`) also works."""
     from probekit.backbones import clip_family, timm_family, torchvision_family
 
-    names = {"efficientnet_lite0", *clip_family.ALIASES, *PAPER_TORCHVISION, *timm_family.bit_names(),
+    names = {"efficientnet_lite0", "small_cnn", *clip_family.ALIASES, *PAPER_TORCHVISION, *timm_family.bit_names(),
              *timm_family.BIT_ALIASES, *torchvision_family.names()}
     return sorted(names)
 

@@ -110,6 +110,15 @@ def test_bad_weights_and_sizes_are_user_errors(tmp_path):
         create_classifier("resnet18", 0, weights="none")
 
 
+def test_hf_offline_flag_fails_before_any_network(monkeypatch):
+    import socket
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("network touched"))
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE.*put the file at /x"):
+        W.require_host("huggingface.co", "weights", "/x")
+
+
 def test_sha256_is_cached_per_path_mtime_and_size(tmp_path):
     f = tmp_path / "w.bin"
     f.write_bytes(b"abc")
@@ -390,6 +399,7 @@ def test_timm_default_weights_offline_is_a_user_error(monkeypatch, tmp_path):
         raise huggingface_hub.errors.LocalEntryNotFoundError("offline")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setattr(W, "require_host", lambda *a, **k: None)  # no network probe in tests
     with pytest.raises(UserError, match="cannot download timm weights.*--weights PATH"):
         create_backbone("resnetv2_50x1_bit.goog_in21k")
     with pytest.raises(UserError, match="BiT-S"):
@@ -567,6 +577,7 @@ def test_clip_wrong_weights_and_offline(tmp_path, monkeypatch):
         raise FileNotFoundError("Failed to download file (offline)")
 
     monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
+    monkeypatch.setattr(W, "require_host", lambda *a, **k: None)
     with pytest.raises(UserError, match="cannot download open_clip weights ViT-B-32-quickgelu:openai"):
         create_backbone("clip-vit-b-32", image_size=SIZE)
     with pytest.raises(UserError, match="unknown CLIP feature"):

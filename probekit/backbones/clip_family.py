@@ -91,9 +91,17 @@ def _published_file(name: str, arch: str, tag: str) -> Path:
     if local is not None:
         return local
     cfg = open_clip.get_pretrained_cfg(arch, tag)
-    where = f"the Hugging Face cache as repo {cfg.get('hf_hub', '').rstrip('/')}" if cfg.get("hf_hub") else "~/.cache/clip"
-    path = W.fetch(lambda: open_clip.pretrained.download_pretrained(cfg),
-                   f"open_clip weights {arch}:{tag} for {name!r}", where)
+    what = f"open_clip weights {arch}:{tag} for {name!r}"
+    if cfg.get("hf_hub"):
+        from huggingface_hub import constants
+
+        from probekit.backbones.timm_family import _hf_host
+
+        where = f"the Hugging Face cache ({constants.HF_HUB_CACHE}) as repo {cfg['hf_hub'].rstrip('/')}"
+        W.require_host(_hf_host(), what, where)
+    else:
+        where = "~/.cache/clip"
+    path = W.fetch(lambda: open_clip.pretrained.download_pretrained(cfg), what, where)
     if not path:
         raise UserError(f"open_clip could not find weights {arch}:{tag}; pass --weights PATH")
     return Path(path)

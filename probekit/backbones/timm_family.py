@@ -82,6 +82,7 @@ def _published_file(name: str, model) -> Path:
             if isinstance(hit, str) and Path(hit).is_file():
                 return Path(hit)
         where = f"the Hugging Face cache ({constants.HF_HUB_CACHE}) as repo {hub_id}"
+        W.require_host(_hf_host(), f"timm weights for {name!r} from the Hugging Face hub", where)
         return Path(W.fetch(lambda: hf_hub_download(repo_id=hub_id, filename=candidates[0]),
                             f"timm weights for {name!r} from the Hugging Face hub", where))
     url = cfg.get("url")
@@ -102,6 +103,14 @@ def _published_file(name: str, model) -> Path:
     if name.lower().startswith("resnetv2_") and "_bit" in name:
         hint = " (Google's BiT-S checkpoints are not in timm: download e.g. BiT-S-R50x1.npz from storage.googleapis.com/bit_models/)"
     raise UserError(f"timm has no published weights for {name!r}{hint}; pass --weights PATH or --weights none")
+
+
+def _hf_host() -> str:
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    return urlparse(constants.ENDPOINT).hostname or "huggingface.co"
 
 
 def resolve_alias(name: str) -> str:

@@ -191,6 +191,18 @@ def fetch(download: Callable[[], Any], what: str, where: str) -> Any:
         raise
 
 
+def require_host(host: str, what: str, where: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, before a library's retry loop, when `host` cannot be reached (or HF_HUB_OFFLINE is set)."""
+    import socket
+
+    if host.endswith("huggingface.co") and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise _offline(what, where, RuntimeError("HF_HUB_OFFLINE is set"))
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as exc:
+        raise _offline(what, where, exc) from exc
+
+
 def _offline(what: str, where: str, exc: BaseException) -> UserError:
     reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
     return UserError(

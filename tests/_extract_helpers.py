@@ -13,6 +13,7 @@ SIZE = 32
 
 # Runs `probekit ...` with commits after every batch and optional hooks on the commit:
 #   HOOK_PAUSE_AFTER=k  after k commits write HOOK_MARKER (committed rows) and sleep (to be SIGKILLed)
+#   HOOK_MARK_FIRST=f  after the first commit of this process write f, and carry on
 #   HOOK_HOLD_UNTIL=f   after the first commit write HOOK_MARKER and wait until file f exists
 HOOKED_CLI = r"""
 import os, sys, time
@@ -23,6 +24,7 @@ import probekit.extract as E
 pause_after = int(os.environ.get("HOOK_PAUSE_AFTER", "0"))
 hold_until = os.environ.get("HOOK_HOLD_UNTIL")
 marker = os.environ.get("HOOK_MARKER")
+mark_first = os.environ.get("HOOK_MARK_FIRST")
 count = [0]
 commit = cache.FeatureWriter.commit
 def hooked(self):
@@ -31,6 +33,8 @@ def hooked(self):
     if pause_after and count[0] >= pause_after:
         open(marker, "w").write(str(self.committed_positions))
         time.sleep(600)
+    if mark_first and count[0] == 1:
+        open(mark_first, "w").write(str(self.committed_positions))
     if hold_until and count[0] == 1:
         open(marker, "w").write(str(self.committed_positions))
         while not os.path.exists(hold_until):

@@ -117,6 +117,32 @@ def test_resume_after_sigkill_is_bit_identical(reference, weights, tmp_path, cap
 
 
 @pytest.mark.slow
+def test_kills_at_random_moments_never_leave_a_complete_looking_file(reference, weights, tmp_path):
+    """SIGKILL twice at random moments while commits run back to back; then resume to the end."""
+    import random
+
+    rng = random.Random(0)
+    for attempt in range(2):
+        mark = tmp_path / f"first-{attempt}"
+        proc = hooked_cli(_args(weights, tmp_path), {"HOOK_MARK_FIRST": str(mark)})
+        deadline = time.monotonic() + 120
+        while not mark.exists() and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        finals = list(tmp_path.glob("*.h5"))
+        for f in finals:  # only if the run had already finished: then it must be whole
+            assert np.array_equal(cache.load_features(f).features, reference.features)
+        for p in tmp_path.glob("*.partial"):
+            with pytest.raises(UserError):
+                cache.load_features(p)
+    path = E.extract(MODEL, "digits", "test", weights=str(weights), cache_dir=tmp_path, image_size=SIZE, batch_size=32, progress=False)
+    assert np.array_equal(cache.load_features(path).features, reference.features)
+
+
+@pytest.mark.slow
 def test_two_processes_one_entry(reference, weights, tmp_path):
     marker, release = tmp_path / "first-commit", tmp_path / "release"
     a = hooked_cli(_args(weights, tmp_path), {"HOOK_HOLD_UNTIL": str(release), "HOOK_MARKER": str(marker)},

@@ -34,23 +34,23 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 def bare_forward(model, batches, device) -> float:
     with torch.inference_mode():
         model(batches[0][:2].to(device))  # warm-up
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for x in batches:
             model(x.to(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def plain_loop(model, dataset, batch_size, workers, device) -> float:
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     feats = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with torch.no_grad():
         for images, _ in loader:
             feats.append(model(images.to(device)).cpu())
     torch.cat(feats)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main(argv=None) -> int:
@@ -89,11 +89,11 @@ def main(argv=None) -> int:
         run = E._run_positions
 
         def timed(*a, **k):
-            s = time.perf_counter()
+            s, c = time.perf_counter(), time.process_time()
             try:
                 return run(*a, **k)
             finally:
-                loop_time.append(time.perf_counter() - s)
+                loop_time.append((time.perf_counter() - s, time.process_time() - c))
 
         E._run_positions = timed
         try:
@@ -112,36 +112,41 @@ def main(argv=None) -> int:
     # machine load (other jobs) hits both sides; the median over rounds is reported
     rounds = []
     for r in range(args.rounds):
-        t = {"bare_before": bare_forward(model, batches, device)}
-        t["plain"] = plain_loop(model, ds, batch_size, workers, device)
-        t["probekit_loop"], t["probekit_end_to_end"], size = probekit_run()
-        t["bare_after"] = bare_forward(model, batches, device)
+        t, cpu = {}, {}
+        t["bare_before"], cpu["bare_before"] = bare_forward(model, batches, device)
+        t["plain"], cpu["plain"] = plain_loop(model, ds, batch_size, workers, device)
+        (t["probekit_loop"], cpu["probekit_loop"]), t["probekit_end_to_end"], size = probekit_run()
+        t["bare_after"], cpu["bare_after"] = bare_forward(model, batches, device)
         t["bare"] = (t["bare_before"] + t["bare_after"]) / 2
-        rounds.append(t)
-        print(f"  round {r + 1}: " + ", ".join(f"{k} {n / v:.1f}" for k, v in t.items()) + " img/s", file=sys.stderr)
+        cpu["bare"] = (cpu["bare_before"] + cpu["bare_after"]) / 2
+        rounds.append({"wall_s": t, "cpu_s": cpu})
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {n / v:.1f}" for k, v in t.items()) + " img/s; cpu-s/img "
+              + ", ".join(f"{k} {v / n * 1000:.1f}ms" for k, v in cpu.items()), file=sys.stderr)
 
     def med(values):
         values = sorted(values)
         k = len(values) // 2
         return values[k] if len(values) % 2 else (values[k - 1] + values[k]) / 2
 
-    rate = {k: med([n / t[k] for t in rounds]) for k in rounds[0]}
-    ratio = {k: med([t["bare"] / t[k] for t in rounds]) for k in ("bare", "plain", "probekit_loop", "probekit_end_to_end")}
+    rate = {k: med([n / r["wall_s"][k] for r in rounds]) for k in rounds[0]["wall_s"]}
+    ratio = {k: med([r["wall_s"]["bare"] / r["wall_s"][k] for r in rounds]) for k in ("bare", "plain", "probekit_loop", "probekit_end_to_end")}
+    cpu_ratio = {k: med([r["cpu_s"]["bare"] / r["cpu_s"][k] for r in rounds]) for k in ("bare", "plain", "probekit_loop")}
     rows = [
         ("bare forward (tensors in memory)", "bare"),
         ("plain PyTorch loop (CLIP README)", "plain"),
         ("probekit extract (compute loop)", "probekit_loop"),
         ("probekit extract (end to end)", "probekit_end_to_end"),
     ]
-    print(f"\n{'method':36} {'img/s':>8} {'vs bare':>8}   (median of {len(rounds)} round(s))")
+    print(f"\n{'method':36} {'img/s':>8} {'vs bare':>8} {'cpu vs bare':>12}   (median of {len(rounds)} round(s))")
     for name, key in rows:
-        print(f"{name:36} {rate[key]:8.1f} {ratio[key]:8.3f}")
+        c = f"{cpu_ratio[key]:12.3f}" if key in cpu_ratio else f"{'':12}"
+        print(f"{name:36} {rate[key]:8.1f} {ratio[key]:8.3f} {c}")
     print(f"(preprocessing alone: {n / preprocess_s:.1f} img/s; end to end includes building the model and dataset)")
 
     result = {
         "model": args.model, "dataset": args.dataset, "split": args.split, "images": n, "image_size": args.image_size,
         "batch_size": batch_size, "workers": workers, "device": str(device), "torch_threads": torch.get_num_threads(),
-        "rounds": rounds, "images_per_s": rate, "ratio_vs_bare": ratio,
+        "rounds": rounds, "images_per_s": rate, "ratio_vs_bare": ratio, "cpu_ratio_vs_bare": cpu_ratio,
         "preprocess_images_per_s": n / preprocess_s, "feature_file_bytes": size,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

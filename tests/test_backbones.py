@@ -253,6 +253,21 @@ def test_torchvision_generic_model_uses_its_last_linear():
         create_backbone("squeezenet1_0", weights="none")
 
 
+def test_torchvision_densenet_legacy_keys_are_renamed_like_torchvision_does(tmp_path):
+    import re
+
+    import torchvision
+
+    original = torchvision.models.densenet121().eval()
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in original.state_dict().items()}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+    path = tmp_path / "densenet121-legacy.pth"
+    torch.save(legacy, path)
+    backbone = create_backbone("densenet121", weights=path, image_size=32)
+    original.classifier = torch.nn.Identity()
+    assert_same_features(backbone, original, batch(size=32))
+
+
 def test_torchvision_classifier_has_a_fresh_trainable_head(tmp_path):
     import torchvision
 

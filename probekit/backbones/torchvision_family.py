@@ -8,6 +8,7 @@ cache (`<torch.hub.get_dir()>/checkpoints/<file>`) and are downloaded only when 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -102,12 +103,12 @@ def _build(name: str, weights, image_size: int | None):
         if published is None:
             raise UserError(f"torchvision has no published weights for {name!r}; pass --weights PATH or --weights none")
         path = _published_file(name, published)
-        W.strict_load(model, W.load_state_dict_file(path), source=f"{path}", arch=name)
+        W.strict_load(model, _legacy_keys(W.load_state_dict_file(path)), source=f"{path}", arch=name)
         wid = W.weight_id(path)
     elif weights == W.NONE:
         wid = W.RANDOM_INIT_ID
     else:
-        state = W.load_state_dict_file(weights)
+        state = _legacy_keys(W.load_state_dict_file(weights))
         headless = not any(k.startswith(head + ".") for k in state)
         if headless:  # a feature extractor's own state dict: the head is not needed for features
             _replace(model, head, _identity())
@@ -118,6 +119,18 @@ def _build(name: str, weights, image_size: int | None):
     resize, crop, interp, mean, std = _preprocessing(name, published, image_size)
     transform = EvalTransform(resize, crop, interp, mean, std)
     return model, head, dim, wid, transform
+
+
+_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def _legacy_keys(state: dict) -> dict:
+    """torchvision's published DenseNet files still use 'norm.1'-style keys; rename as torchvision does."""
+    out = {}
+    for key, value in state.items():
+        m = _DENSENET_LEGACY.match(key)
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
 
 
 def _identity():

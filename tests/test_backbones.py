@@ -218,9 +218,14 @@ def test_torchvision_default_weights_come_from_the_hub_cache(tmp_path, monkeypat
         create_backbone("resnet18")
     assert calls == [torchvision.models.ResNet18_Weights.DEFAULT.url]
 
-    # once the file is in the cache it is used, never downloaded
+    # a truncated cached file is named, with the fix
     cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UserError, match="unreadable.*delete the file"):
+        create_backbone("resnet18")
+
+    # once the file is in the cache it is used, never downloaded
     torch.manual_seed(1)
     original = torchvision.models.resnet18().eval()
     torch.save(original.state_dict(), cached)

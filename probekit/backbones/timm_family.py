@@ -138,8 +138,11 @@ def _build(name: str, weights, image_size: int | None):
         try:
             model = timm.create_model(arch, pretrained=True, num_classes=0,
                                       pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-        except RuntimeError as exc:
-            raise UserError(f"timm could not load {path} into {arch!r} ({str(exc).splitlines()[0][:160]}); delete the file and retry") from exc
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception as exc:  # truncated download, SafetensorError, key mismatch ...
+            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise UserError(f"timm could not load {path} into {arch!r} ({first}); delete the file and run again") from exc
         wid = W.weight_id(path)
     elif weights == W.NONE:
         wid = W.RANDOM_INIT_ID

@@ -103,7 +103,12 @@ def _build(name: str, weights, image_size: int | None):
         if published is None:
             raise UserError(f"torchvision has no published weights for {name!r}; pass --weights PATH or --weights none")
         path = _published_file(name, published)
-        W.strict_load(model, _legacy_keys(W.load_state_dict_file(path)), source=f"{path}", arch=name)
+        try:
+            state = W.load_state_dict_file(path)
+        except UserError as exc:
+            raise UserError(f"the cached torchvision weights {path} are unreadable (interrupted download?); "
+                            f"delete the file and run again") from exc
+        W.strict_load(model, _legacy_keys(state), source=f"{path}", arch=name)
         wid = W.weight_id(path)
     elif weights == W.NONE:
         wid = W.RANDOM_INIT_ID
@@ -112,9 +117,7 @@ def _build(name: str, weights, image_size: int | None):
         headless = not any(k.startswith(head + ".") for k in state)
         if headless:  # a feature extractor's own state dict: the head is not needed for features
             _replace(model, head, _identity())
-            W.strict_load(model, state, source=str(weights), arch=name)
-        else:
-            W.strict_load(model, state, source=str(weights), arch=name)
+        W.strict_load(model, state, source=str(weights), arch=name)
         wid = W.weight_id(weights)
     resize, crop, interp, mean, std = _preprocessing(name, published, image_size)
     transform = EvalTransform(resize, crop, interp, mean, std)

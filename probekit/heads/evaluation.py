@@ -128,8 +128,9 @@ def make_eval_sets(eval_sets, device: torch.device, dtype: torch.dtype, n_featur
 def head_logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Logits ``[N, H, C]`` of all heads ``W [H, D, C]``, ``b [H, C]`` in one GEMM."""
     H, D, C = W.shape
-    flat = W.permute(1, 0, 2).reshape(D, H * C)
-    return (X.to(W.dtype) @ flat).view(-1, H, C) + b
+    X = X.float() if X.dtype == torch.float16 else X  # float16 storage, float32 compute
+    flat = W.permute(1, 0, 2).reshape(D, H * C).to(X.dtype)  # cast the small head, never the big set
+    return (X @ flat).view(-1, H, C) + b.to(X.dtype)
 
 
 @torch.no_grad()

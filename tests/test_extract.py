@@ -242,3 +242,17 @@ def test_done_when_efficientnet_lite0_on_digits_train(tmp_path, capsys):
     means = np.stack([fs.features[fs.labels == c].mean(0) for c in range(10)])
     pred = np.argmin(((fs.features[:, None, :] - means[None]) ** 2).sum(-1), axis=1)
     assert (pred == fs.labels).mean() > 0.5
+
+
+def test_bf16_autocast_and_float16_storage_are_their_own_entries(reference, weights):
+    folder = reference.path.parent
+    kw = dict(weights=str(weights), cache_dir=folder, image_size=SIZE, batch_size=32, progress=False)
+    bf16 = cache.load_features(E.extract(MODEL, "digits", "test", precision="bf16", **kw))
+    half = cache.load_features(E.extract(MODEL, "digits", "test", dtype="float16", **kw), dtype=np.float32)
+    assert len({bf16.path, half.path, reference.path}) == 3
+    assert bf16.attrs["precision"] == "bf16" and half.attrs["dtype"] == "float16"
+    scale = np.abs(reference.features).max()
+    assert np.abs(bf16.features - reference.features).max() < 0.1 * scale
+    np.testing.assert_allclose(half.features, reference.features, atol=2e-3 * scale, rtol=1e-2)
+    with pytest.raises(UserError, match="unknown precision"):
+        E.extract(MODEL, "digits", "test", precision="int8", **kw)

@@ -366,7 +366,7 @@ def read_attrs(path: str | os.PathLike) -> dict:
 
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:  # finished files are immutable; works on read-only media
             return _decode_attrs(f.attrs)
     except FileNotFoundError:
         raise UserError(f"no feature file at {path}; see `probekit cache ls`") from None
@@ -385,7 +385,7 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32, verify: b
         done, total = attrs.get("committed_positions", 0), attrs.get("total", "?")
         raise UserError(f"feature file {path} is incomplete ({done} of {total} rows); rerun `{cmd}` to resume")
     try:
-        with h5py.File(path, "r") as f:
+        with h5py.File(path, "r", locking=False) as f:
             missing = [d for d in _DATASETS if d not in f]
             if missing:
                 raise UserError(f"feature file {path} is corrupt (missing {', '.join(missing)}); delete it and rerun `{cmd}`")
@@ -498,7 +498,8 @@ def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:
         try:
             attrs = read_attrs(p)
         except UserError:
-            row.update(status="corrupt")
+            # a .partial being written by another process, or torn by a kill (the next extract discards it)
+            row.update(status="partial (busy or torn)" if p.name.endswith(PARTIAL) else "corrupt")
             out.append(row)
             continue
         complete = bool(attrs.get("complete")) and p.name.endswith(SUFFIX)

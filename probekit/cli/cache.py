@@ -63,7 +63,7 @@ def run_info(args: argparse.Namespace) -> int:
     attrs = cache.read_attrs(path)
     print(f"file: {path}")
     print(f"size: {human_size(path.stat().st_size)}")
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", locking=False) as f:
         for name in ("features", "labels", "index", "skipped"):
             if name in f:
                 print(f"{name}: shape {list(f[name].shape)} {f[name].dtype}")

@@ -71,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = finetune(cfg)
     except Stopped as e:
-        print(f"probekit: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"probekit: {e}", file=sys.stderr)
         return e.exit_code
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports

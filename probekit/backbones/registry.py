@@ -96,13 +96,25 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "default", *,
     """Build a frozen eval-mode feature extractor with its eval transform and weight identity.
 
     weights: "default" (published pretrained, from the local cache; downloaded only when missing),
-    "none" (random init) or a local file (state dict, .safetensors, or a BiT .npz).
+    "none" (random init, seeded with RANDOM_INIT_SEED = 0, weight id "random-init:seed=0")
+    or a local file (state dict, .safetensors, or a BiT .npz).
     image_size: the crop size (the resize keeps the recipe's ratio); None keeps the recipe's size.
     feature: None / "penultimate"; CLIP also "pre-projection".
     """
     family, inner = resolve(name)
     parsed = W.parse_weights(weights)
-    backbone = _family_module(family).create(inner, parsed, image_size=_check_image_size(image_size), feature=feature)
+    size = _check_image_size(image_size)
+    if parsed == W.NONE:
+        # Random init is drawn from a fixed seed, so a killed `--weights none` extract
+        # resumes bit-identically and two runs make the same cache entry.
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(W.RANDOM_INIT_SEED)
+            backbone = _family_module(family).create(inner, parsed, image_size=size, feature=feature)
+        backbone.weight_id = W.RANDOM_INIT_BACKBONE_ID
+    else:
+        backbone = _family_module(family).create(inner, parsed, image_size=size, feature=feature)
     backbone.name = name.strip()
     return backbone
 

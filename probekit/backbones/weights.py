@@ -20,6 +20,8 @@ from probekit.errors import UserError
 DEFAULT = "default"
 NONE = "none"
 RANDOM_INIT_ID = "random-init"
+RANDOM_INIT_SEED = 0  # frozen random-init backbones (extract) are drawn from this seed
+RANDOM_INIT_BACKBONE_ID = f"{RANDOM_INIT_ID}:seed={RANDOM_INIT_SEED}"
 _NONE_ALIASES = {"none", "random", "random-init", "scratch"}
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 

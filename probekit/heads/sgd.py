@@ -223,7 +223,7 @@ class SGDHeads:
                     loss += (lse - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).sum(1)
                     p = torch.softmax(logits, -1)
                     p.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(yb, -1, dtype=p.dtype).unsqueeze(-1))
-                    gW.baddbmm_(Xb.transpose(1, 2), p)
+                    gW += torch.bmm(p.transpose(1, 2), Xb).transpose(1, 2)  # [H, C, r] @ [H, r, D]
                     gb += p.sum(1)
                 gW /= nb
                 gb /= nb

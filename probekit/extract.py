@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import errno
 import queue
+import signal
 import sys
 import threading
 import time
@@ -29,6 +31,42 @@ from probekit.errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = ("float32", "float16")
+COMMIT_ROWS_ENV = "PROBEKIT_COMMIT_ROWS"  # test knob: commit every N images, to make kill tests cheap
+
+
+class Stopped(Exception):
+    """SIGTERM / Ctrl-C stopped the extract after a whole batch; committed rows are kept."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class _StopRequest:
+    """Turns SIGTERM and the first Ctrl-C into a request honoured after the current batch.
+
+    A second Ctrl-C raises KeyboardInterrupt at once (committed rows are still kept).
+    Handlers are installed only in the main thread and restored on exit.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
 
 
 # ---------------------------------------------------------------- planning: what entry is this?
@@ -157,6 +195,8 @@ def _collate(items):
 
 def batches_for(start: int, stop: int, batch_size: int) -> list[list[int]]:
     """Whole batches of source positions: batch k always holds [k*bs, (k+1)*bs)."""
+    if start >= stop:  # all committed (a kill inside the final write): nothing left to compute
+        return []
     first = (start // batch_size) * batch_size
     if first != start:
         raise ValueError(f"start {start} is not on a batch boundary of {batch_size}")
@@ -286,7 +326,7 @@ def _resolve_device(device: str | None):
 
 def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, *, batch_size: int, device, workers: int,
                    precision: str, skip_bad: bool, commit_rows: int, commit_seconds: float, progress: bool,
-                   desc: str, on_commit=None) -> None:
+                   desc: str, on_commit=None, stop_request: _StopRequest | None = None) -> None:
     """Extract source positions [start, stop) (start on a batch boundary) into `writer`."""
     import torch
     from tqdm import tqdm
@@ -338,6 +378,8 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
                 bar.update(batch["positions"])
                 if on_commit is not None:
                     on_commit(writer)
+                if stop_request is not None and stop_request.signum is not None:
+                    raise Stopped(signal.Signals(stop_request.signum).name, stop_request.signum)
     except BaseException as e:
         failure = e
     finally:
@@ -383,6 +425,8 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
     torchrun (WORLD_SIZE > 1) the ranks share the work and rank 0 writes the one entry.
     """
     folder = cache.writable_cache_dir(cache_dir)
+    if os.environ.get(COMMIT_ROWS_ENV):
+        commit_rows = max(1, int(os.environ[COMMIT_ROWS_ENV]))
     dev = _resolve_device(device)
     batch_size, workers = _defaults(dev, batch_size, workers)
     p = plan(model, dataset, split, weights=weights, cache_dir=folder if cache_dir else None, data_root=data_root,
@@ -405,11 +449,27 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
             if writer.resumed_from and not quiet:
                 note = f" with its batch size {bs}" if bs != batch_size else ""
                 print(f"probekit: resuming {p.path.name} at {writer.resumed_from} of {n} images{note}", file=sys.stderr, flush=True)
-            _run_positions(p, writer, writer.committed_positions, n, batch_size=bs,
-                           desc=f"{p.backbone.name} {dataset}:{split}", **run_kw)
-            return writer.finish()
+            with _StopRequest() as stop:
+                try:
+                    _run_positions(p, writer, writer.committed_positions, n, batch_size=bs,
+                                   desc=f"{p.backbone.name} {dataset}:{split}", stop_request=stop, **run_kw)
+                except Stopped as e:
+                    raise Stopped(f"stopped by {e} after {writer.committed_positions} of {n} images of {p.path.name}; "
+                                  f"committed rows are kept, rerun `{p.attrs['extract_command']}` to resume", stop.signum) from None
+                return writer.finish()
+        except OSError as e:
+            if _disk_full(e):
+                raise UserError(f"no space left on the device holding the feature store {folder} ({writer.committed_positions} of "
+                                f"{n} images committed); free space there (or pass --cache-dir DIR elsewhere) and rerun "
+                                f"`{p.attrs['extract_command']}` to resume") from None
+            raise
         finally:
             writer.close()
+
+
+def _disk_full(e: BaseException) -> bool:
+    """An OSError from a full disk or quota, whether raised by os or wrapped by HDF5."""
+    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e) or "quota exceeded" in str(e).lower()
 
 
 def _extract_distributed(p: Plan, *, batch_size: int, dtype: str, quiet: bool, **run_kw) -> Path:

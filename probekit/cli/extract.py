@@ -48,13 +48,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from probekit import cache
-    from probekit.extract import extract
+    import sys
 
-    path = extract(args.model, args.dataset, args.split, weights=args.weights, cache_dir=args.cache_dir,
-                   data_root=args.data_root, batch_size=args.batch_size, device=args.device, workers=args.workers,
-                   precision=args.precision, dtype=args.dtype, image_size=args.image_size, feature=args.feature,
-                   skip_bad=args.skip_bad, download=args.download, progress=not args.no_progress)
+    from probekit import cache
+    from probekit.extract import Stopped, extract
+
+    try:
+        path = extract(args.model, args.dataset, args.split, weights=args.weights, cache_dir=args.cache_dir,
+                       data_root=args.data_root, batch_size=args.batch_size, device=args.device, workers=args.workers,
+                       precision=args.precision, dtype=args.dtype, image_size=args.image_size, feature=args.feature,
+                       skip_bad=args.skip_bad, download=args.download, progress=not args.no_progress)
+    except Stopped as e:  # SIGTERM / Ctrl-C: exit 128 + signal, like finetune
+        print(f"probekit: {e}", file=sys.stderr)
+        return e.exit_code
     if int(os.environ.get("RANK", "0") or 0) == 0:
         attrs = cache.read_attrs(path)
         skipped = f", {attrs.get('n_skipped')} skipped" if attrs.get("n_skipped") else ""

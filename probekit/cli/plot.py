@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from probekit.robustness.testbeds import NAMED
 
     runs = [as_run_data(r) for r in args.runs]
+    for folder, r in zip(args.runs, runs):
+        if r.summary is None:  # read_run leaves the summary out unless the run is complete
+            last = max((rec.get("step") or 0 for rec in r.records), default=0)
+            print(f"note: run {folder} is incomplete (killed, failed or still running); plotted up to step {last}")
     name = args.baseline
     baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir) if name else None
     if baseline is None and _default_baseline(runs):

@@ -98,11 +98,17 @@ def final_records(records: Iterable[dict]) -> dict[str, dict]:
 def points_from_runs(run_dirs: Sequence[str | os.PathLike], ood_set: str | None = None) -> tuple[list[str], list[float], list[float], str]:
     """(model names, ID accuracies, OOD accuracies, OOD set) from the final record of each head of each run.
 
-    Model names are ``<run folder>/<head>``; an unfinished run still counts with its last record.
+    Model names are ``<run folder>/<head>``. An unfinished run (killed, failed or still
+    running: no complete summary.json) is refused, since its last record is not a final model.
     """
+    from probekit.errors import UserError
     from probekit.runlog import read_run
 
     runs = [read_run(d) for d in run_dirs]
+    unfinished = [str(r.path) for r in runs if not r.complete]
+    if unfinished:
+        raise UserError(f"run folder {unfinished[0]} is incomplete (no summary.json with status complete: killed, failed or "
+                        f"still running); finish it (finetune: the same command with --resume; train-head: rerun it) or leave it out of --runs")
     available = ood_sets(r for run in runs for r in run.records)
     chosen = choose_ood_set(available, ood_set, what="runs")
     names, ids, oods = [], [], []

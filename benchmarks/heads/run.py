@@ -42,13 +42,13 @@ def load(args):
         return "sklearn digits pixels", X[:1300], y[:1300], X[1300:], y[1300:], X[1300:], y[1300:]
 
 
-def bench_lbfgs(Xtr, ytr, Xva, yva, tol):
+def bench_lbfgs(Xtr, ytr, Xva, yva, tol, dtype="float64"):
     from sklearn.linear_model import LogisticRegression
 
     from probekit.heads.lbfgs import DEFAULT_L2_GRID, LBFGSLogistic
 
     t = time.perf_counter()
-    m = LBFGSLogistic(DEFAULT_L2_GRID, max_iter=1000, tol=tol).fit(Xtr, ytr, Xva, yva)
+    m = LBFGSLogistic(DEFAULT_L2_GRID, max_iter=1000, tol=tol, dtype=dtype).fit(Xtr, ytr, Xva, yva)
     ours = time.perf_counter() - t
     t = time.perf_counter()
     sk_val = {}
@@ -63,7 +63,7 @@ def bench_lbfgs(Xtr, ytr, Xva, yva, tol):
     sk_l2 = max(k for k, v in sk_val.items() if v == sk_best)
     return {"ours_s": ours, "sklearn_s": theirs, "speedup": theirs / ours, "ours_chosen_l2": m.chosen_l2_,
             "ours_val_acc": m.val_scores_[m.chosen_l2_], "sklearn_chosen_l2": sk_l2, "sklearn_val_acc": sk_best,
-            "val_acc_diff_points": 100 * (m.val_scores_[m.chosen_l2_] - sk_best), "ours_iters": sum(m.n_iter_.values()), "tol": tol}
+            "val_acc_diff_points": 100 * (m.val_scores_[m.chosen_l2_] - sk_best), "ours_iters": sum(m.n_iter_.values()), "tol": tol, "dtype": dtype}
 
 
 def plain_sgd(X, y, Xs, ys, lr, seed, batch_size, epochs, momentum):
@@ -119,7 +119,8 @@ def main():
     p.add_argument("--id", default="digits:test")
     p.add_argument("--ood", default="mnist5k:test")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--tol", type=float, default=1e-4, help="our L-BFGS tolerance (sklearn's default tol is 1e-4)")
+    p.add_argument("--lbfgs-dtype", default="float64")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "heads.json"))
@@ -134,7 +135,7 @@ def main():
     res = {"features": source, "n_train": int(len(tr)), "n_val": int(len(va)), "dim": int(Xtr.shape[1]), "threads": args.threads,
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
     with threadpool_limits(args.threads):
-        res["lbfgs_sweep"] = bench_lbfgs(Xtr[tr], ytr[tr], Xtr[va], ytr[va], args.tol)
+        res["lbfgs_sweep"] = bench_lbfgs(Xtr[tr], ytr[tr], Xtr[va], ytr[va], args.tol, args.lbfgs_dtype)
         print("L-BFGS sweep:", json.dumps(res["lbfgs_sweep"]))
         res["sgd_heads"] = bench_sgd(Xtr, ytr, Xte, yte, Xood, yood, args.batch_size, args.epochs)
         print("SGD heads:", json.dumps(res["sgd_heads"]))

@@ -185,3 +185,40 @@ def test_complete_run_not_overwritten(store, tmp_path, capsys):
     assert (out / "log.jsonl").read_text() == before and read_run(out).complete
     assert cli(store, "--lr", "0.2", "--batch-size", "500", "--epochs", "1", "--out", str(out), "--overwrite") == 0
     assert read_run(out).records[0]["lr"] == 0.2
+
+
+def test_class_subset_ood_uses_restricted_logits_and_id_subset(tmp_path):
+    """An ImageNet-1k head scored on ImageNet-R: restricted logits, ID accuracy on the 200 classes."""
+    from probekit.robustness.shifts import evaluate_shift, shift_for
+
+    shift = shift_for("imagenet-r")
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(1000)]
+    centers = rng.normal(size=(1000, 32)).astype(np.float32)
+    ytr = rng.integers(0, 1000, 4000)
+    yid = np.concatenate([rng.choice(shift.all_imagenet_indices, 300), rng.integers(0, 1000, 100)])
+    sub = np.array([i[0] for i in shift.imagenet_indices])
+    yood = rng.integers(0, 200, 300)
+    feats = lambda y: centers[y] + 0.3 * rng.normal(size=(len(y), 32)).astype(np.float32)  # noqa: E731
+    folder = tmp_path / "cache"
+    write_entry(folder, "imagenet", "train", feats(ytr), ytr, label_space="imagenet1k", classes=classes)
+    write_entry(folder, "imagenet", "val", feats(yid), yid, label_space="imagenet1k", classes=classes)
+    write_entry(folder, "imagenet-r", "test", feats(sub[yood]), yood, label_space="imagenet-r", classes=list(shift.classes))
+    out = tmp_path / "run"
+    rc = main(["train-head", "--model", MODEL, "--cache-dir", str(folder), "--train", "imagenet:train", "--id", "imagenet:val",
+               "--ood", "imagenet-r:test", "--lr", "1.0", "--batch-size", "1000", "--epochs", "3", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    run = read_run(out)
+    last = run.records[-1]
+    assert last["id_eval"] == {"imagenet-r:test": "val-on-imagenet-r-classes"}
+    state = torch.load(out / "heads.pt", weights_only=True)
+    W, b = state["weight"][0], state["bias"][0]
+    val = cache.resolve_features("imagenet:val", model=MODEL, cache_dir=folder)
+    ood = cache.resolve_features("imagenet-r:test", model=MODEL, cache_dir=folder)
+    lv = torch.from_numpy(val.features) @ W.T + b
+    lo = torch.from_numpy(ood.features) @ W.T + b
+    assert last["acc_id_subset"]["imagenet-r:test"] == pytest.approx(evaluate_shift(lv, val.labels, shift, on="id"))
+    assert last["acc_ood"]["imagenet-r:test"] == pytest.approx(evaluate_shift(lo, ood.labels, shift))
+    assert last["acc_id"] == pytest.approx(float((lv.argmax(1).numpy() == val.labels).mean()))
+    unrestricted = float((lo.argmax(1).numpy() == sub[ood.labels]).mean())  # 1000-way argmax, for contrast
+    assert last["acc_ood"]["imagenet-r:test"] > unrestricted

@@ -116,3 +116,15 @@ def test_grid_needs_validation(digits):
     Xtr, ytr, _, _ = digits
     with pytest.raises(UserError, match="validation"):
         LBFGSLogistic([1.0, 2.0]).fit(Xtr, ytr)
+
+
+@pytest.mark.parametrize("every", [0, 3])
+def test_eval_every_logs_start_and_final_iterate(digits, every):
+    Xtr, ytr, Xte, yte = digits
+    seen = []
+    m = LBFGSLogistic([1.0], eval_every=every).fit(Xtr, ytr, eval_sets={"t": (Xte, yte)}, callback=seen.append)
+    steps = [p.step for p in seen]
+    n = m.n_iter_[1.0]
+    assert steps[0] == 0 and steps[-1] == n and len(set(steps)) == len(steps)
+    assert steps[1:-1] == ([] if every == 0 else list(range(3, n, 3)))
+    assert seen[-1].acc["t"][0] == pytest.approx(m.score(Xte, yte))

@@ -245,7 +245,7 @@ class LBFGSLogistic:
 
             theta, f, it, ok = minimize_lbfgs(problem, theta, max_iter=int(self.max_iter), tol=float(self.tol),
                                               history=int(self.history), on_iter=on_iter)
-            if callback is not None and self.eval_every and it % self.eval_every:
+            if callback is not None and it > 0 and (not self.eval_every or it % self.eval_every):
                 W, b = heads(theta)  # always log the final iterate
                 callback(EvalPoint(it, float(problem.fevals), np.array([f]), evaluate_all(sets, W, b),
                                    {"l2": l2, "objective": f * problem.n, "grad_max": float("nan"), "refit": refit}, W, b))

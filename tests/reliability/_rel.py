@@ -89,3 +89,31 @@ def ft_records(out: Path) -> list[dict]:
 
     return [{k: v for k, v in json.loads(line).items() if "time" not in k}
             for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+# `probekit ...` whose feature writer pauses after its first commit until HOLD_UNTIL exists
+# (writing its pid to HOLD_MARKER), so other processes can be started against a live writer.
+HELD_CLI = r"""
+import os, sys, time
+from probekit import cache
+commit, count = cache.FeatureWriter.commit, [0]
+def held(self):
+    commit(self)
+    count[0] += 1
+    if count[0] == 1:
+        open(os.environ["HOLD_MARKER"], "w").write(str(os.getpid()))
+        while not os.path.exists(os.environ["HOLD_UNTIL"]):
+            time.sleep(0.02)
+cache.FeatureWriter.commit = held
+from probekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def held_cli(args: list[str], marker: Path, release: Path, **kw):
+    import subprocess
+
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", HELD_CLI, *args], env=child_env(HOLD_MARKER=str(marker), HOLD_UNTIL=str(release), PROBEKIT_COMMIT_ROWS="1"),
+                            cwd=REPO, text=True, **kw)

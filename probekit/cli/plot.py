@@ -32,6 +32,22 @@ def _default_baseline(runs: list) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
+def _logged_fit(runs: list):
+    """The baseline fit stored in the runs' configs (`baseline_fit`), when they all share one.
+
+    A run records the fit itself, not only the name or path it was given, so its figure
+    keeps its baseline even after the fit file moves."""
+    import json
+
+    from probekit.robustness import Baseline
+
+    fits = {json.dumps(r.config.get("baseline_fit"), sort_keys=True) for r in runs}
+    if len(fits) != 1:
+        return None
+    fit = json.loads(fits.pop())
+    return Baseline.from_json(fit) if isinstance(fit, dict) else None
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -47,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: run {folder} is incomplete (killed, failed or still running); plotted up to step {last}")
     name = args.baseline
     baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir) if name else None
+    if baseline is None and not args.transform:
+        baseline = _logged_fit(runs)
+        name = baseline.name if baseline is not None else None
     if baseline is None and _default_baseline(runs):
         name = _default_baseline(runs)
         try:  # the runs' own baseline, when it still resolves (a name, or a fit file that still exists)

@@ -222,3 +222,21 @@ def test_class_subset_ood_uses_restricted_logits_and_id_subset(tmp_path):
     assert last["acc_id"] == pytest.approx(float((lv.argmax(1).numpy() == val.labels).mean()))
     unrestricted = float((lo.argmax(1).numpy() == sub[ood.labels]).mean())  # 1000-way argmax, for contrast
     assert last["acc_ood"]["imagenet-r:test"] > unrestricted
+
+
+def test_diversity_subset_scores_the_trained_classes_only(store, tmp_path):
+    out = tmp_path / "k3"
+    rc = cli(store, "--solver", "sgd", "--lr", "0.5", "--batch-size", "128", "--epochs", "5", "--subset", "classes=3",
+             "--subset-seed", "3", "--out", str(out), "--save-predictions")  # seed 3 keeps classes 0, 1 (in the MNIST rows)
+    assert rc == 0
+    run = read_run(out)
+    kept = run.config["scored_classes"]
+    assert len(kept) == 3
+    last = run.records[-1]
+    assert last["acc_id"] > 0.9  # over the 3 trained classes; over all 10 it could not pass 0.3 + chance
+    with np.load(out / "predictions.npz") as z:
+        M = cache.resolve_features("mnist5k:test", model=MODEL, cache_dir=store)
+        index = z["mnist5k:test__index"]
+        assert set(np.unique(M.labels[index])) <= set(kept) and len(index) == np.isin(M.labels, kept).sum()
+        assert set(np.unique(z["mnist5k:test"])) <= set(kept)
+        assert last["acc_ood"]["mnist5k:test"] == pytest.approx((z["mnist5k:test"][-1, 0] == M.labels[index]).mean())

@@ -84,6 +84,29 @@ def _parse_val(val, train_spec) -> tuple[Any, float | None]:
         return text, None
 
 
+def _diversity_classes(subset: str | None, y: np.ndarray, num_classes: int, shifts: dict) -> np.ndarray | None:
+    """The classes a `classes=K` subset trains on, or None when every class is trained.
+
+    A head trained on K of C classes is scored on those K classes (rows of other classes
+    dropped, argmax over the K logits), as in the paper's data-diversity ablation; otherwise
+    its ID and OOD accuracies could never exceed K / C."""
+    if not subset or "classes=" not in subset:
+        return None
+    kept = np.unique(y)
+    if len(kept) == num_classes:
+        return None
+    if any(sh is not None for sh in shifts.values()):
+        raise UserError(f"--subset {subset} cannot be combined with class-subset OOD sets (ImageNet-R, ObjectNet); "
+                        "drop one of them")
+    return kept
+
+
+def _rows_of_classes(labels: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose label is in `kept`, and their labels renumbered 0..K-1 in `kept` order."""
+    rows = np.flatnonzero(np.isin(labels, kept))
+    return rows, np.searchsorted(kept, labels[rows])
+
+
 def _summarise(records: list[dict], heads: list[str]) -> dict:
     """Per head: final and best acc_id / acc_ood, final and peak ER with the step of the peak."""
     out = {}
@@ -231,11 +254,23 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     # -- evaluation sets -----------------------------------------------------------------
     storage = torch.float16 if storage_dtype == "float16" else torch.float32
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
-    sets = [EvalSet(te.name, as_t(te.features).to(storage), as_t(te.labels))]
+    kept = _diversity_classes(subset, y, C, shifts)
+    scored_rows: dict[str, np.ndarray] = {}  # rows of each set that are scored (all, unless classes=K)
+
+    def eval_set(name, fs, restrict=None):
+        if kept is None:
+            scored_rows[name] = np.arange(len(fs.labels))
+            return EvalSet(name, as_t(fs.features).to(storage), as_t(fs.labels), restrict)
+        rows, labels = _rows_of_classes(fs.labels, kept)  # diversity ablation: score on the trained classes only
+        scored_rows[name] = rows
+        kept_t = as_t(kept)
+        return EvalSet(name, as_t(fs.features[rows]).to(storage), as_t(labels), lambda logits: logits[..., kept_t])
+
+    sets = [eval_set(te.name, te)]
     id_subset = {}
     for o in oods:
         sh = shifts[o.name]
-        sets.append(EvalSet(o.name, as_t(o.features).to(storage), as_t(o.labels), sh.restrict_logits if sh else None))
+        sets.append(eval_set(o.name, o, sh.restrict_logits if sh else None))
         if sh is not None:
             mask = sh.id_mask(te.labels)
             if not mask.any():
@@ -252,7 +287,8 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         | {f"ood:{o.name}": str(o.path) if o.path else None for o in oods},
         "backbone": tr.attrs.get("backbone"), "weight_id": tr.attrs.get("weight_id"), "label_space": space, "num_classes": C,
         "feature_dim": int(X.shape[1]), "n_train": int(len(y)), "n_train_total": int(len(tr.labels)),
-        "subset": subset, "subset_seed": subset_seed if subset else None, "cscores": str(cscores) if cscores else None,
+        "subset": subset, "subset_seed": subset_seed if subset else None,
+        "scored_classes": kept.tolist() if kept is not None else None, "cscores": str(cscores) if cscores else None,
         "baseline": (base.name if base is not None else None), "baseline_fit": (base.to_json() if base is not None and hasattr(base, "to_json") else None),
         "er_sets": er_sets, "class_subset_shifts": {s: v[1] for s, v in id_subset.items()},
         "eval_every": eval_every, "device": str(dev), "storage_dtype": storage_dtype, "save_predictions": save_predictions,
@@ -385,8 +421,9 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                 hids = [h["head"] for h in heads]
             arrays = {"steps": np.asarray(pred_steps, np.int64), "heads": np.asarray(hids)}
             for o in oods:
-                arrays[o.name] = np.stack(preds[o.name])
-                arrays[o.name + "__index"] = o.index.astype(np.int64)
+                predicted = np.stack(preds[o.name])
+                arrays[o.name] = predicted if kept is None else kept[predicted].astype(np.int16)
+                arrays[o.name + "__index"] = o.index[scored_rows[o.name]].astype(np.int64)
             buf = io.BytesIO()
             np.savez(buf, **arrays)
             atomic_write_bytes(Path(out) / "predictions.npz", buf.getvalue())

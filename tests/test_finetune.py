@@ -183,3 +183,14 @@ def test_resume_of_a_complete_run_is_a_no_op(tmp_path):
     strip = lambda text: [{k: v for k, v in json.loads(l).items() if k != "time_s"} for l in text.splitlines()]
     assert strip((out / "log.jsonl").read_text()) == strip(log)
     assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+
+
+def test_training_subset_by_size_is_recorded_and_used(tmp_path, baseline_json):
+    out = tmp_path / "subset"
+    finetune(FinetuneConfig(**{**TINY, "model": "small_cnn"}, out=str(out), ood=["mnist5k"], baselines=[baseline_json],
+                            subset="per-class=5", max_steps=3, eval_every=3))
+    config = json.loads((out / "config.json").read_text())
+    assert config["subset"] == "per-class=5" and config["n_train"] == 50
+    assert config["baseline_fit"]["slope"] == pytest.approx(json.loads(open(baseline_json).read())["slope"])
+    with pytest.raises(UserError, match="train-head --subset classes"):
+        finetune(FinetuneConfig(**TINY, out=str(tmp_path / "k"), subset="classes=3", max_steps=1))

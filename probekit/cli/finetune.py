@@ -37,6 +37,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--image-size", type=int, default=None, help="train/eval resolution in pixels (recipe)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch)")
     p.add_argument("--eval-subset", type=int, default=None, metavar="N", help="evaluate on a fixed class-balanced subset of N images per class")
+    p.add_argument("--subset", default=None, metavar="SPEC",
+                   help="train on a class-balanced subset: per-class=N (data size) or cscore=easiest|hardest|random:N")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    p.add_argument("--cscores", default=None, metavar="FILE", help="C-score file (.npz) for --subset cscore=...")
     p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps per model (schedule length unchanged)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         recipe=args.recipe, epochs=args.epochs, lrs=args.lrs, seeds=args.seeds, batch_size=args.batch_size,
         momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, augmentation=args.augmentation,
         image_size=args.image_size, eval_every=args.eval_every, eval_subset=args.eval_subset,
+        subset=args.subset, subset_seed=args.subset_seed, cscores=args.cscores,
         eval_batch_size=args.eval_batch_size, baselines=list(args.baseline), max_steps=args.max_steps,
         precision=args.precision, channels_last=args.channels_last, device=args.device, workers=args.workers,
         data_root=args.data_root, resume=args.resume, overwrite=args.overwrite, save_model=args.save_model,

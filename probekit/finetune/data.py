@@ -93,6 +93,19 @@ class Normalize(torch.nn.Module):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+class RowView(torch.utils.data.Dataset):
+    """Rows `rows` of a dataset, renumbered 0..len-1 (a training subset keeps the seeded data order logic)."""
+
+    def __init__(self, dataset, rows: np.ndarray):
+        self.dataset, self.rows = dataset, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.dataset[int(self.rows[i])]
+
+
 class SeededSamples(torch.utils.data.Dataset):
     """Wraps an ImageDataset: item ``(index, sample_seed)`` seeds the augmentation RNG first."""
 

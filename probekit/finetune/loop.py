@@ -24,7 +24,7 @@ import torch
 from probekit.errors import UserError
 from probekit.finetune import ddp
 from probekit.finetune.checkpoint import BackgroundSaver, checkpoint_path, load_checkpoint, save_checkpoint
-from probekit.finetune.data import (EvalSet, EvalTransform, Normalize, SeededSamples, StepBatches, TrainTransform,
+from probekit.finetune.data import (EvalSet, EvalTransform, Normalize, RowView, SeededSamples, StepBatches, TrainTransform,
                                     check_labels, eval_rows)
 from probekit.finetune.recipes import Recipe, default_recipe, get_recipe, lr_at
 
@@ -53,6 +53,9 @@ class FinetuneConfig:
     image_size: int | None = None
     eval_every: int | None = None     # steps; default once per epoch
     eval_subset: int | None = None    # images per class in a fixed class-balanced eval subset
+    subset: str | None = None         # training subset, e.g. "per-class=50" or "cscore=hardest:500" (class-balanced)
+    subset_seed: int = 0
+    cscores: str | None = None        # C-score file for cscore= subsets
     eval_batch_size: int = 256
     baselines: list[str] = field(default_factory=list)   # "NAME_OR_PATH" (all OOD sets) or "OOD_SET=NAME_OR_PATH"
     max_steps: int | None = None
@@ -195,6 +198,28 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         ddp.teardown(dist)
 
 
+def _shared_fit(baselines: dict) -> dict | None:
+    """The one baseline fit every OOD set uses (what `probekit plot` draws), or None."""
+    fits = {json.dumps(b.to_json(), sort_keys=True) for b in baselines.values() if hasattr(b, "to_json")}
+    return json.loads(fits.pop()) if len(fits) == 1 else None
+
+
+def _training_rows(train_set, cfg: FinetuneConfig):
+    """The training set itself, or its class-balanced `--subset` (data-size and C-score ablations)."""
+    if cfg.cscores and not cfg.subset:
+        raise UserError("--cscores is only used with --subset cscore=...; add a --subset or drop --cscores")
+    if not cfg.subset:
+        return train_set
+    from probekit.datasets.subsets import load_cscores, parse_subset_spec, select_subset
+
+    if "classes" in parse_subset_spec(cfg.subset):
+        raise UserError(f"--subset {cfg.subset}: the class-diversity ablation runs on cached features with "
+                        "`probekit train-head --subset classes=K`; finetune takes per-class= and cscore= subsets")
+    targets = np.asarray(train_set.targets)
+    cscores = load_cscores(cfg.cscores, targets) if cfg.cscores else None
+    return RowView(train_set, select_subset(targets, cfg.subset, seed=cfg.subset_seed, cscores=cscores))
+
+
 class _Run:
     def __init__(self, cfg: FinetuneConfig, dist: ddp.Dist, device: torch.device):
         from probekit.backbones import create_classifier
@@ -210,6 +235,7 @@ class _Run:
         self.train_set = create_dataset(train_name, train_split, root=cfg.data_root)
         num_classes = len(self.train_set.classes)
         check_labels(self.train_set, num_classes, "training set")
+        self.train_items = _training_rows(self.train_set, cfg)
 
         pretrained = str(cfg.weights) != "none"
         overrides = dict(epochs=cfg.epochs, lrs=tuple(cfg.lrs) if cfg.lrs else None,
@@ -251,18 +277,20 @@ class _Run:
         baselines = _parse_baselines(list(cfg.baselines), [s.name for s in ood_sets])
         self.evaluate = _Evaluator(self.id_set, ood_sets, baselines, self.normalize, dist, device, self.amp)
 
-        self.steps_per_epoch = len(self.train_set) // r.batch_size
+        self.steps_per_epoch = len(self.train_items) // r.batch_size
         if self.steps_per_epoch < 1:
-            raise UserError(f"batch size {r.batch_size} exceeds the {len(self.train_set)} training images; pass a smaller --batch-size")
+            raise UserError(f"batch size {r.batch_size} exceeds the {len(self.train_items)} training images; pass a smaller --batch-size")
         self.total_steps = r.epochs * self.steps_per_epoch  # the schedule's length, independent of --max-steps
         self.target = min(self.total_steps, cfg.max_steps or self.total_steps)
         self.eval_every = cfg.eval_every or self.steps_per_epoch
         self.config = json.loads(json.dumps({
             "mode": "finetune", "model": cfg.model, "weights": str(cfg.weights), "weight_id": self.first.weight_id,
-            "train": f"{train_name}:{train_split}", "id_set": self.id_set.name, "ood_sets": [s.name for s in ood_sets],
+            "train": f"{train_name}:{train_split}", "subset": cfg.subset, "subset_seed": cfg.subset_seed if cfg.subset else None,
+            "n_train": len(self.train_items), "id_set": self.id_set.name, "ood_sets": [s.name for s in ood_sets],
             "num_classes": num_classes, "input_size": size, "mean": list(self.first.mean), "std": list(self.first.std),
             "recipe": r.to_dict(), "eval_every": self.eval_every, "eval_subset": cfg.eval_subset,
             "baselines": {k: getattr(b, "name", str(b)) for k, b in baselines.items()},
+            "baseline_fit": _shared_fit(baselines),
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp],
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
         }, default=str))
@@ -417,9 +445,9 @@ class _Run:
         n_images = 0
         t_train, eval_before = time.perf_counter(), self.eval_s
         if start < self.target:
-            sampler = StepBatches(len(self.train_set), r.batch_size, seed, start, self.target, rank=dist.rank, world=dist.world)
+            sampler = StepBatches(len(self.train_items), r.batch_size, seed, start, self.target, rank=dist.rank, world=dist.world)
             loader = torch.utils.data.DataLoader(
-                SeededSamples(self.train_set, self.train_transform), batch_sampler=sampler, num_workers=cfg.workers,
+                SeededSamples(self.train_items, self.train_transform), batch_sampler=sampler, num_workers=cfg.workers,
                 pin_memory=device.type == "cuda", persistent_workers=False)
             group = opt.param_groups[0]
             amp_on = self.amp is not None

@@ -125,6 +125,29 @@ def writable_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return folder
 
 
+def check_free_space(final_path: Path, *, total: int, dim: int, dtype: str = "float32", command: str = "") -> None:
+    """Refuse to start an entry the disk cannot hold (UserError naming the folder and the sizes).
+
+    HDF5 fails badly when a write hits a full disk mid-run, so the arrays' size (less what a
+    resumable partial already holds) must be free before any work starts.
+    """
+    import shutil
+
+    folder = Path(final_path).parent
+    partial = Path(final_path).with_name(Path(final_path).name + PARTIAL)
+    need = int(total) * (int(dim) * np.dtype(dtype).itemsize + 16) + (1 << 16)
+    with contextlib.suppress(OSError):
+        need -= partial.stat().st_blocks * 512
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if need > free:
+        rerun = f"rerun `{command}`" if command else "rerun the same command"
+        raise UserError(f"not enough disk space in the feature store {folder}: this entry needs {need / 2**20:.1f} MiB, "
+                        f"{free / 2**20:.1f} MiB are free; free space there (or pass --cache-dir DIR elsewhere) and {rerun}")
+
+
 @contextlib.contextmanager
 def entry_lock(final_path: Path, *, quiet: bool = False) -> Iterator[None]:
     """Exclusive fcntl lock on `<name>.lock`: one writer per entry, others wait.

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import contextlib
 import errno
 import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -388,8 +389,9 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
             source.close()
         try:
             thread.put(None)
-        except BaseException as e:  # the writer itself failed
+        except BaseException as e:  # the writer itself failed and is draining the queue: end its drain
             failure = failure or e
+            thread.queue.put(None)
         thread.join()
         if failure is None and thread.error is not None:
             failure = thread.error
@@ -443,13 +445,14 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
         if cache.is_complete(p.path):  # another process finished it while we waited
             return p.path
         n = len(p.dataset)
+        cache.check_free_space(p.path, total=n, dim=p.backbone.feature_dim, dtype=dtype, command=p.attrs["extract_command"])
         writer = cache.FeatureWriter(p.path, attrs={**p.attrs, "batch_size": batch_size}, total=n, dim=p.backbone.feature_dim, dtype=dtype)
         try:
             bs = writer.batch_size or batch_size
             if writer.resumed_from and not quiet:
                 note = f" with its batch size {bs}" if bs != batch_size else ""
                 print(f"probekit: resuming {p.path.name} at {writer.resumed_from} of {n} images{note}", file=sys.stderr, flush=True)
-            with _StopRequest() as stop:
+            with _StopRequest() as stop, _quiet_disk_full_noise():
                 try:
                     _run_positions(p, writer, writer.committed_positions, n, batch_size=bs,
                                    desc=f"{p.backbone.name} {dataset}:{split}", stop_request=stop, **run_kw)
@@ -457,7 +460,7 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
                     raise Stopped(f"stopped by {e} after {writer.committed_positions} of {n} images of {p.path.name}; "
                                   f"committed rows are kept, rerun `{p.attrs['extract_command']}` to resume", stop.signum) from None
                 return writer.finish()
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # HDF5 reports a failed write as RuntimeError("... errno = 28 ...")
             if _disk_full(e):
                 raise UserError(f"no space left on the device holding the feature store {folder} ({writer.committed_positions} of "
                                 f"{n} images committed); free space there (or pass --cache-dir DIR elsewhere) and rerun "
@@ -469,7 +472,27 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
 
 def _disk_full(e: BaseException) -> bool:
     """An OSError from a full disk or quota, whether raised by os or wrapped by HDF5."""
-    return getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(e) or "quota exceeded" in str(e).lower()
+    text = str(e)
+    return (getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text
+            or "errno = 28" in text or "quota exceeded" in text.lower())
+
+
+@contextlib.contextmanager
+def _quiet_disk_full_noise() -> Iterator[None]:
+    """HDF5 objects freed after a failed write print 'Exception ignored ... No space left' tracebacks;
+    the one-line disk-full error says it all, so those (and only those) are dropped."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_value is not None and _disk_full(unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def _extract_distributed(p: Plan, *, batch_size: int, dtype: str, quiet: bool, **run_kw) -> Path:

@@ -394,7 +394,17 @@ def read_attrs(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise UserError(f"no feature file at {path}; see `probekit cache ls`") from None
     except (OSError, KeyError, ValueError) as e:
-        raise UserError(f"feature file {path} is corrupt (not readable as HDF5: {str(e).splitlines()[0][:80]}); delete it and rebuild it with `probekit extract ...`") from None
+        raise UserError(f"feature file {path} is corrupt (not readable as HDF5: {str(e).splitlines()[0][:80]}); delete it and "
+                        f"rebuild it with `{_command_from_name(path)}`") from None
+
+
+def _command_from_name(path: Path) -> str:
+    """The rebuild command read off an entry's file name, for files whose attributes are lost (truncated)."""
+    name = path.name.removesuffix(PARTIAL).removesuffix(SUFFIX)
+    parts = name.split("__")
+    if len(parts) == 4:
+        return f"probekit extract --model {parts[0]} --dataset {parts[1]} --split {parts[2]} (plus the options it was built with)"
+    return "probekit extract --model MODEL --dataset DATASET --split SPLIT"
 
 
 def load_features(path: str | os.PathLike, *, dtype: Any = np.float32, verify: bool = True) -> FeatureSet:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit import safe_pickle
 from probekit.datasets.base import ArrayDataset
 from probekit.datasets.download import fetch, fetch_and_extract, missing
 from probekit.datasets.registry import register_dataset
@@ -28,7 +29,7 @@ CIFAR101_URL = "https://github.com/modestyachts/CIFAR-10.1/raw/master/datasets/{
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = safe_pickle.load(f, encoding="latin1")  # plain data only: a crafted batch cannot run code
         data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         labels = np.asarray(batch.get("labels", batch.get("fine_labels")), dtype=np.int64)
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError) as e:

@@ -13,6 +13,7 @@ C-scores are from Jiang et al. 2020 (`load_cscores`). Every selector returns sor
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -129,9 +130,13 @@ def _npz_array(path: Path, key: str) -> np.ndarray:
         with np.load(path, allow_pickle=False) as z:
             return z[key]
     except ValueError:
-        # Object arrays of file names need pickle; only this key of a file the user chose is read that way.
-        with np.load(path, allow_pickle=True) as z:
-            return np.asarray(z[key])
+        # Object arrays of file names are pickles: read them with the plain-data unpickler, never pickle.load.
+        from probekit import safe_pickle
+
+        try:
+            return safe_pickle.npz_array(path, key)
+        except pickle.UnpicklingError as e:
+            raise UserError(f"C-score file {path} holds code, not data, in {key!r} ({e}); use the published .npz") from None
 
 
 def load_cscores(path: str | os.PathLike, labels, *, filenames=None) -> np.ndarray:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from probekit.errors import unknown_name
+from probekit.errors import UserError, unknown_name
 
 AUGMENTATIONS = ("crop-flip", "crop", "resized-crop-flip", "none")
 SCHEDULES = ("constant", "cosine", "step")
@@ -84,7 +84,23 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise unknown_name("augmentation", changes["augmentation"], AUGMENTATIONS)
     if "schedule" in changes and changes["schedule"] not in SCHEDULES:
         raise unknown_name("schedule", changes["schedule"], SCHEDULES)
+    _check_numbers(changes)
     return replace(recipe, **changes)
+
+
+def _check_numbers(changes: dict) -> None:
+    """Learning rates must be positive and finite (lr 0 silently trains nothing; NaN breaks SGD)."""
+    import math
+
+    for lr in changes.get("lrs") or ():
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise UserError(f"--lr must be positive and finite, got {lr!r}; e.g. --lr 0.01")
+    for key, flag in (("epochs", "--epochs"), ("batch_size", "--batch-size")):
+        if key in changes and changes[key] < 1:
+            raise UserError(f"{flag} must be at least 1, got {changes[key]!r}")
+    for key, flag in (("momentum", "--momentum"), ("weight_decay", "--weight-decay")):
+        if key in changes and not (math.isfinite(changes[key]) and changes[key] >= 0):
+            raise UserError(f"{flag} must be a finite number >= 0, got {changes[key]!r}")
 
 
 def lr_at(step: int, base_lr: float, total_steps: int, schedule: str) -> float:

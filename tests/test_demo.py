@@ -1,0 +1,47 @@
+"""`probekit demo --quick`: the whole pipeline end to end on bundled data, and its reuse on a rerun."""
+
+import json
+
+import pytest
+
+from probekit.cli import main
+from probekit.runlog import is_complete
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    out, cache = root / "demo", root / "cache"
+    assert main(["demo", "--quick", "--out", str(out), "--cache-dir", str(cache)]) == 0
+    return out, cache
+
+
+def test_demo_writes_runs_figures_and_summary(demo):
+    out, _ = demo
+    for run in ("heads-sgd", "heads-lbfgs", "finetune"):
+        assert is_complete(out / run), run
+    for figure in ("id_vs_ood.png", "id_vs_ood.svg", "er_curves.png", "er_curves.svg"):
+        assert (out / figure).stat().st_size > 1000, figure
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"]["n"] >= 5 and summary["baseline"]["transform"] == "logit"
+    runs = {row["run"] for row in summary["rows"]}
+    assert runs == {"heads-sgd", "heads-lbfgs", "finetune"}
+    for row in summary["rows"]:
+        assert 0 <= row["acc_id"] <= 1 and 0 <= row["acc_ood"] <= 1
+        assert row["er_final"] is not None and row["er_peak"] >= row["er_final"] - 1e-12
+    sgd = [r for r in summary["rows"] if r["run"] == "heads-sgd"]
+    assert min(r["acc_id"] for r in sgd) > 0.8  # pretrained features separate digits well
+    assert "| run | head |" in (out / "summary.md").read_text()
+    testbed = (out / "testbed.csv").read_text().splitlines()
+    assert testbed[0] == "model,id,ood" and len(testbed) == 1 + summary["baseline"]["n"]
+
+
+def test_second_run_reuses_complete_stages(demo, capsys):
+    out, cache = demo
+    before = (out / "heads-sgd" / "log.jsonl").stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(out), "--cache-dir", str(cache)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing") >= 5  # testbed runs, both head runs and the fine-tuning run
+    assert (out / "heads-sgd" / "log.jsonl").stat().st_mtime_ns == before

@@ -165,7 +165,7 @@ class LBFGSLogistic:
     ``init=(W [C, D], b [C])`` starts the first λ from given weights (e.g. zero-shot).
     """
 
-    def __init__(self, l2_grid: Sequence[float] = DEFAULT_L2_GRID, *, max_iter: int = 1000, tol: float = 1e-5,
+    def __init__(self, l2_grid: Sequence[float] = DEFAULT_L2_GRID, *, max_iter: int = 1000, tol: float = 1e-6,
                  refit: bool = False, warm_start: bool = True, val_fraction: float | None = None, val_seed: int = 0,
                  history: int = 20, eval_every: int = 1, init=None, n_classes: int | None = None, device=None,
                  dtype: str = "float64"):

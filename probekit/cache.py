@@ -234,6 +234,40 @@ def array_checksum(features, labels, index, *, rows_per_read: int = 8192) -> str
     return "sha256:" + h.hexdigest()
 
 
+def _reserve(path: Path, nbytes: int) -> None:
+    """Allocate the disk blocks the entry will need, beyond its end, without changing its size.
+
+    HDF5 crashes the process (segfault at close) after a write hits a full disk, so space is
+    claimed up front: a disk that fills during the run, or a full one, shows up here as
+    ENOSPC. Linux fallocate(FALLOC_FL_KEEP_SIZE) only; elsewhere, or where the filesystem
+    does not support it, nothing is reserved (no slow emulation). HDF5 trims the file at close.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fallocate = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if fallocate is None:
+        return
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if fallocate(fd, 1, 0, int(nbytes)) != 0:  # 1 = FALLOC_FL_KEEP_SIZE
+            err = ctypes.get_errno()
+            if err in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
+def _release_reserve(path: Path) -> None:
+    """Free blocks `_reserve` claimed beyond the end of a finished file (a same-size truncate would not)."""
+    size = path.stat().st_size
+    os.truncate(path, size + 1)
+    os.truncate(path, size)
+
+
 class FeatureWriter:
     """Appends committed chunks of rows to `<final>.partial`, resuming what a killed run committed.
 
@@ -295,6 +329,15 @@ class FeatureWriter:
         self._rows = self.committed_rows
         self._positions = self.committed_positions
         self._skipped_n = len(self.skipped)
+        chunk = self._file["features"].chunks[0] if self._file["features"].chunks else 1
+        rows = -(-max(self.total, 1) // chunk) * chunk  # HDF5 allocates whole chunks
+        try:
+            _reserve(self.partial_path, rows * (self.dim * self.dtype.itemsize + 16) + (1 << 18))
+        except OSError as e:
+            self.close()
+            raise UserError(f"not enough disk space in the feature store {self.final_path.parent} for {self.final_path.name} "
+                            f"({e.strerror}); free space there (or pass --cache-dir DIR elsewhere) and rerun "
+                            f"`{rebuild_command(attrs)}`") from None
 
     # rows are staged, then made durable by `commit`
     def append(self, features: np.ndarray, labels: np.ndarray, index: np.ndarray, *, positions: int, skipped: Sequence[int] = ()) -> None:
@@ -345,6 +388,7 @@ class FeatureWriter:
         f.flush()
         f.close()
         self._file = None
+        _release_reserve(self.partial_path)
         _fsync_path(self.partial_path)
         os.replace(self.partial_path, self.final_path)
         _fsync_dir(self.final_path.parent)

@@ -1,8 +1,9 @@
 """A full disk: a clear one-line error naming the folder, the entry left resumable, nothing else damaged.
 
-Two ways: a real size-limited tmpfs (needs root to mount; skipped otherwise), where the
-free-space check refuses before any work; and ENOSPC injected into the commit's fsync in
-the middle of a run, where the committed rows survive and the rerun resumes.
+Three ways: a real size-limited tmpfs (needs root to mount; skipped otherwise) that is too
+small from the start (refused before any work) or filled by someone else mid-run (the
+entry's blocks were reserved, so it completes); and ENOSPC injected into the commit's fsync
+mid-run, where the committed rows survive and the rerun resumes.
 """
 
 from __future__ import annotations
@@ -51,15 +52,53 @@ def test_disk_full_mid_run_keeps_committed_rows_and_other_entries(tmp_path, ref_
     assert same_features(cache.load_features(store / ref_train.path.name), ref_train)
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    folder = tmp_path / "tmpfs"
+def _tmpfs(folder, size: str):
     folder.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(folder)],
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
                                                        capture_output=True).returncode != 0:
         pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
     yield folder
     subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    yield from _tmpfs(tmp_path / "tmpfs", "600k")
+
+
+@pytest.fixture
+def roomy_tmpfs(tmp_path):
+    yield from _tmpfs(tmp_path / "tmpfs", "3m")
+
+
+def test_disk_filled_by_someone_else_mid_run_does_not_stop_extract(roomy_tmpfs, ref_train):
+    """The entry's blocks are reserved when it starts (fallocate), so a disk that fills later cannot
+    break the HDF5 writes (which would crash the process at close)."""
+    from _rel import child_env, popen, wait_for
+
+    partial = roomy_tmpfs / (ref_train.path.name + cache.PARTIAL)
+    proc = popen(extract_args(roomy_tmpfs), env=child_env(PROBEKIT_COMMIT_ROWS="1"))
+    def committed() -> bool:
+        try:
+            return cache.read_attrs(partial).get("committed_positions", 0) > 0
+        except Exception:  # not there yet, or caught mid-flush
+            return False
+
+    assert wait_for(committed, proc), proc.communicate()
+    with open(roomy_tmpfs / "filler", "wb") as f:  # fill every free block
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    assert shutil.disk_usage(roomy_tmpfs).free < 65536
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    fs = cache.load_features(roomy_tmpfs / ref_train.path.name)
+    assert same_features(fs, ref_train)
+    size = fs.path.stat()
+    assert size.st_blocks * 512 <= size.st_size + 65536  # the unused reservation was given back
 
 
 def test_real_full_tmpfs_refused_before_work_then_completes(small_tmpfs, ref_train, ref_test):

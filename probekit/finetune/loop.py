@@ -150,15 +150,24 @@ def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | No
 class _Evaluator:
     """Accuracy of the current network on the ID set and every OOD set, plus ER, as one record."""
 
-    def __init__(self, id_set: EvalSet, ood_sets: list[EvalSet], baselines: dict, normalize, dist, device, amp):
+    def __init__(self, id_set: EvalSet, ood_sets: list[EvalSet], baselines: dict, normalize, dist, device, amp,
+                 shifts: dict | None = None, id_subsets: dict[str, EvalSet] | None = None):
         self.id_set, self.ood_sets, self.baselines = id_set, ood_sets, baselines
         self.normalize, self.dist, self.device, self.amp = normalize, dist, device, amp
+        self.shifts = shifts or {}          # OOD set -> ClassSubsetShift (ImageNet-R, ObjectNet)
+        self.id_subsets = id_subsets or {}  # OOD set -> ID rows of the shift's classes (its x-axis accuracy)
 
-    def _accuracy(self, net, evalset: EvalSet) -> float:
+    def _accuracy(self, net, evalset: EvalSet, shift=None, on: str = "ood") -> float:
+        """Top-1 accuracy; with a class-subset `shift`, in the shift's label space (`on="id"`: ImageNet labels mapped)."""
+        from probekit.robustness.shifts import predict_shift
+
         correct = torch.zeros(2, dtype=torch.float64, device=self.device)
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             for x, y in evalset.batches(self.dist.rank, self.dist.world):
-                pred = net(self.normalize(x.to(self.device, non_blocking=True))).argmax(1)
+                logits = net(self.normalize(x.to(self.device, non_blocking=True))).float()
+                pred = predict_shift(logits, shift)
+                if shift is not None and on == "id":
+                    y = torch.as_tensor(shift.map_id_labels(y))
                 correct[0] += (pred == y.to(self.device)).sum()
                 correct[1] += y.numel()
         ddp.all_sum(self.dist, correct)
@@ -171,16 +180,24 @@ class _Evaluator:
         net.eval()
         try:
             acc_id = self._accuracy(net, self.id_set)
-            acc_ood = {s.name: self._accuracy(net, s) for s in self.ood_sets}
+            acc_ood = {s.name: self._accuracy(net, s, self.shifts.get(s.name)) for s in self.ood_sets}
+            acc_id_subset = {name: self._accuracy(net, rows, self.shifts[name], on="id") for name, rows in self.id_subsets.items()}
         finally:
             net.train(was_training)
         record: dict[str, Any] = {"acc_id": acc_id, "acc_ood": acc_ood}
+        if acc_id_subset:
+            record["acc_id_subset"] = acc_id_subset
+            record["id_eval"] = {name: self.shifts[name].id_eval for name in acc_id_subset}
         if self.baselines:
             from probekit.robustness import effective_robustness
 
+            def x_axis(s: EvalSet) -> tuple[float, int]:  # the ID accuracy the testbed plots against this OOD set
+                rows = self.id_subsets.get(s.name)
+                return (acc_id_subset[s.name], rows.n) if rows is not None else (acc_id, self.id_set.n)
+
             record["er"] = {
-                s.name: float(effective_robustness(acc_id, acc_ood[s.name], self.baselines[s.name],
-                                                   n_id=self.id_set.n, n_ood=s.n, return_clipped=True)[0])
+                s.name: float(effective_robustness(x_axis(s)[0], acc_ood[s.name], self.baselines[s.name],
+                                                   n_id=x_axis(s)[1], n_ood=s.n, return_clipped=True)[0])
                 for s in self.ood_sets if s.name in self.baselines
             }
         return record
@@ -262,20 +279,32 @@ class _Run:
         if id_ds.label_space != self.train_set.label_space:
             raise UserError(f"ID test set {id_name}:{id_split} has label space {id_ds.label_space!r}, the training set "
                             f"{self.train_set.label_space!r}; evaluate on a split of the same label space")
-        ood_sets = []
+        from probekit.robustness.shifts import check_label_space
+
+        ood_sets, shifts = [], {}
         for spec in cfg.ood:
             o_name, o_split = _split(spec, "test")
+            name = f"{o_name}:{o_split}"
             ds = create_dataset(o_name, o_split, root=cfg.data_root, transform=eval_tf)
-            if ds.label_space != self.train_set.label_space:
-                raise UserError(f"OOD set {o_name}:{o_split} has label space {ds.label_space!r}, not the training set's "
-                                f"{self.train_set.label_space!r}; pick an OOD set over the same classes")
-            check_labels(ds, num_classes, "OOD set")
-            ood_sets.append(EvalSet(f"{o_name}:{o_split}", ds, eval_rows(ds, cfg.eval_subset),
-                                    workers=cfg.workers, batch_size=cfg.eval_batch_size))
-        self.id_set = EvalSet(f"{id_name}:{id_split}", id_ds, eval_rows(id_ds, cfg.eval_subset),
-                              workers=cfg.workers, batch_size=cfg.eval_batch_size)
+            shift = check_label_space(self.train_set.label_space, num_classes, name, ds.label_space, len(ds.classes))
+            if shift is None:
+                check_labels(ds, num_classes, "OOD set")
+            else:  # an ImageNet-1k network on ImageNet-R / ObjectNet: scored on the shift's classes
+                shifts[name] = shift
+            ood_sets.append(EvalSet(name, ds, eval_rows(ds, cfg.eval_subset), workers=cfg.workers, batch_size=cfg.eval_batch_size))
+        id_rows = eval_rows(id_ds, cfg.eval_subset)
+        self.id_set = EvalSet(f"{id_name}:{id_split}", id_ds, id_rows, workers=cfg.workers, batch_size=cfg.eval_batch_size)
+        id_subsets = {}
+        for name, shift in shifts.items():
+            rows = id_rows[shift.id_mask(np.asarray(id_ds.targets)[id_rows])]
+            if rows.size == 0:
+                raise UserError(f"no image of ID set {id_name}:{id_split} belongs to the {shift.name} classes; "
+                                "evaluate on ImageNet val")
+            id_subsets[name] = EvalSet(f"{id_name}:{id_split}[{shift.id_eval}]", id_ds, rows,
+                                       workers=cfg.workers, batch_size=cfg.eval_batch_size)
         baselines = _parse_baselines(list(cfg.baselines), [s.name for s in ood_sets])
-        self.evaluate = _Evaluator(self.id_set, ood_sets, baselines, self.normalize, dist, device, self.amp)
+        self.evaluate = _Evaluator(self.id_set, ood_sets, baselines, self.normalize, dist, device, self.amp,
+                                   shifts, id_subsets)
 
         self.steps_per_epoch = len(self.train_items) // r.batch_size
         if self.steps_per_epoch < 1:

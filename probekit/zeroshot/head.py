@@ -25,7 +25,6 @@ from probekit.zeroshot.text_cache import TextEmbeddings, cached_text_embeddings
 
 IMAGE_EMBED = "clip-image-embed"
 HEAD_ID = "zero-shot"
-RANDOM_INIT = "random-init"
 
 
 @dataclass
@@ -164,9 +163,6 @@ def check_features(head: ZeroShotHead, fs: Any, role: str, *, expect_classes: bo
     attrs = fs.attrs or {}
     check_feature_kind(fs, role, head.model)
     backbone, wid = attrs.get("backbone"), attrs.get("weight_id")
-    if head.weight_id == RANDOM_INIT or wid == RANDOM_INIT:
-        raise UserError(f"{role} or the text encoder uses random-init weights: two random initialisations are different "
-                        f"models, so their image and text embeddings do not match; pass the same --weights file to extract and zero-shot")
     if backbone != head.model or wid != head.weight_id:
         raise UserError(f"{role} was extracted with {backbone} (weights {wid}) but the text encoder is {head.model} "
                         f"(weights {head.weight_id}); image and text embeddings must come from the same CLIP model and weights")

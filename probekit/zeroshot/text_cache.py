@@ -26,7 +26,7 @@ from probekit.paths import cache_dir as resolve_cache_dir
 
 TEXT_SUBDIR = "text"
 FORMAT_VERSION = 1
-UNCACHEABLE_WEIGHT_IDS = ("random-init",)
+UNCACHEABLE_WEIGHT_IDS = ("random-init",)  # prefixes: a seeded random init may change with the torch release
 
 
 @dataclass
@@ -100,7 +100,7 @@ def cached_text_embeddings(
     Returns ``(embeddings, hit)``; `hit` says whether the cache answered.
     """
     key = text_cache_key(model, weight_id, classnames, templates)
-    cacheable = use_cache and weight_id not in UNCACHEABLE_WEIGHT_IDS
+    cacheable = use_cache and not str(weight_id).startswith(UNCACHEABLE_WEIGHT_IDS)
     path = text_cache_path(model, key, cache_dir)
     if cacheable:
         found = load_text_embeddings(path, key)

@@ -6,7 +6,6 @@ entries are deterministic. Every subprocess uses one thread, like this process.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path

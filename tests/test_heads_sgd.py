@@ -103,7 +103,6 @@ def test_init_hook_sets_start(digits):
     X, y, _, _ = digits
     W0 = np.ones((10, 64), np.float32)
     b0 = np.zeros(10, np.float32)
-    seen = []
     m = SGDHeads([1e-12], [0, 1], batch_size=100, epochs=1, momentum=0.0, init=(W0, b0), device="cpu").fit(X, y)
     np.testing.assert_allclose(m.coef_[1], W0, atol=1e-6)
 

@@ -164,3 +164,19 @@ def predict_heads(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, restrict=No
 def evaluate_all(sets: Sequence[EvalSet], W: torch.Tensor, b: torch.Tensor) -> dict[str, np.ndarray]:
     """Accuracy ``[H]`` of every head on every eval set, as float64 numpy arrays."""
     return {es.name: (count_correct(es, W, b).double() / es.n).cpu().numpy() for es in sets}
+
+
+class FittedHeads:
+    """Inference shared by the head estimators: `W_ [H, D, C]`, `b_ [H, C]` once fitted."""
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "W_"):
+            raise UserError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+
+    def _predict_all(self, X, restrict=None) -> np.ndarray:
+        """Predicted classes ``[H, N]`` of every fitted head."""
+        self._check_fitted()
+        X = check_features(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise UserError(f"X has {X.shape[1]} features but the heads were trained on {self.n_features_in_}")
+        return predict_heads(to_tensor(X, self.W_.device, torch.float32), self.W_, self.b_, restrict).cpu().numpy()

@@ -29,12 +29,12 @@ from torch.optim.lbfgs import _strong_wolfe
 
 from probekit.errors import UserError
 from probekit.heads.evaluation import (
+    FittedHeads,
     check_features,
     check_labels,
     check_positive_list,
     evaluate_all,
     make_eval_sets,
-    predict_heads,
     resolve_device,
     to_tensor,
 )
@@ -150,7 +150,7 @@ def minimize_lbfgs(fg: _Problem, theta: torch.Tensor, *, max_iter: int, tol: flo
     return theta, f, it, converged
 
 
-class LBFGSLogistic:
+class LBFGSLogistic(FittedHeads):
     """Multinomial logistic regression swept over L2 strengths λ = 1/C; scikit-learn style.
 
     λ is chosen by validation accuracy (``X_val``/``y_val``, or a stratified ``val_fraction``
@@ -284,17 +284,9 @@ class LBFGSLogistic:
         self.n_classes_, self.n_features_in_ = C, D
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "W_"):
-            raise UserError("this LBFGSLogistic is not fitted yet; call fit(X, y) first")
-
     def predict(self, X, restrict=None) -> np.ndarray:
         """Predicted classes ``[N]`` of the chosen (or refitted) head."""
-        self._check_fitted()
-        X = check_features(X, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise UserError(f"X has {X.shape[1]} features but the head was trained on {self.n_features_in_}")
-        return predict_heads(to_tensor(X, self.W_.device, torch.float32), self.W_, self.b_, restrict)[0].cpu().numpy()
+        return self._predict_all(X, restrict)[0]
 
     def score(self, X, y) -> float:
         pred = self.predict(X)

@@ -24,12 +24,12 @@ import torch
 
 from probekit.errors import UserError
 from probekit.heads.evaluation import (
+    FittedHeads,
     check_features,
     check_labels,
     check_positive_list,
     evaluate_all,
     make_eval_sets,
-    predict_heads,
     resolve_device,
     to_tensor,
 )
@@ -92,7 +92,7 @@ def head_id(lr: float, seed: int) -> str:
     return f"lr={lr:g},seed={seed}"
 
 
-class SGDHeads:
+class SGDHeads(FittedHeads):
     """Train ``len(lrs) * len(seeds)`` logistic heads jointly; scikit-learn style.
 
     Learned: ``coef_ [H, C, D]``, ``intercept_ [H, C]``, ``heads_`` (one dict per head with
@@ -254,17 +254,9 @@ class SGDHeads:
         return self
 
     # -- inference --------------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "W_"):
-            raise UserError("this SGDHeads is not fitted yet; call fit(X, y) first")
-
     def predict(self, X, restrict=None) -> np.ndarray:
         """Predicted classes ``[H, N]`` of every head."""
-        self._check_fitted()
-        X = check_features(X, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise UserError(f"X has {X.shape[1]} features but the heads were trained on {self.n_features_in_}")
-        return predict_heads(to_tensor(X, self.W_.device, torch.float32), self.W_, self.b_, restrict).cpu().numpy()
+        return self._predict_all(X, restrict)
 
     def score(self, X, y) -> np.ndarray:
         """Accuracy ``[H]`` of every head."""

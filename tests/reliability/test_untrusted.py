@@ -8,7 +8,6 @@ AND that the marker never appears.
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
 import pickle

@@ -21,14 +21,6 @@ from probekit.cli import main
 from probekit.errors import UserError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     return save_random_weights(tmp_path_factory.mktemp("w") / "tiny.pth", seed=0)

@@ -37,14 +37,6 @@ TINY = {"embed_dim": 32, "quick_gelu": True,
 NAMES = ("red apple", "blue whale", "steam locomotive")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A random-init tiny CLIP saved as a state dict: (weights path, the model itself)."""

@@ -8,14 +8,6 @@ import torch
 from _rel import FT_ARGS, ft_records, reference_entry, run_cli
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def ref_train(tmp_path_factory):
     torch.set_num_threads(1)

@@ -117,16 +117,17 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
 
     common = dict(model=BACKBONE, cache_dir=cache_dir, image_size=s.image_size, baseline=str(baseline_path),
                   device=device, overwrite=True)
-    sgd = _stage(out, "heads-sgd", {**key, "baseline": baseline.to_json()}, lambda d: train_head(
+    run_key = {**key, "baseline": baseline.to_json()}  # a new baseline reruns every stage that logs ER
+    sgd = _stage(out, "heads-sgd", run_key, lambda d: train_head(
         ID_TRAIN, ID_TEST, [OOD], solver="sgd", lrs=s.sgd_lrs, seeds=s.sgd_seeds, epochs=s.sgd_epochs,
         batch_size=s.sgd_batch_size, out=d, **common))
-    lbfgs = _stage(out, "heads-lbfgs", {**key, "baseline": baseline.to_json()}, lambda d: train_head(
+    lbfgs = _stage(out, "heads-lbfgs", run_key, lambda d: train_head(
         ID_TRAIN, ID_TEST, [OOD], solver="lbfgs", val=0.2, max_iter=s.lbfgs_max_iter, out=d, **common))
 
     _say(4, f"fine-tuning {BACKBONE} end to end for {s.finetune_steps} steps at {s.finetune_image_size} px")
     from probekit.finetune import FinetuneConfig, finetune
 
-    ft = _stage(out, "finetune", {**key, "baseline": baseline.to_json()}, lambda d: finetune(FinetuneConfig(
+    ft = _stage(out, "finetune", run_key, lambda d: finetune(FinetuneConfig(
         model=BACKBONE, train=ID_TRAIN, id_test=ID_TEST, ood=[OOD], out=str(d), weights="default",
         lrs=[s.finetune_lr], seeds=[0], batch_size=s.finetune_batch_size, max_steps=s.finetune_steps,
         image_size=s.finetune_image_size, eval_every=s.finetune_eval_every, eval_subset=s.finetune_eval_per_class,

@@ -193,3 +193,16 @@ def test_training_subset_by_size_is_recorded_and_used(tmp_path, baseline_json):
     assert config["baseline_fit"]["slope"] == pytest.approx(json.loads(open(baseline_json).read())["slope"])
     with pytest.raises(UserError, match="train-head --subset classes"):
         finetune(FinetuneConfig(**TINY, out=str(tmp_path / "k"), subset="classes=3", max_steps=1))
+
+
+def test_baseline_specs_match_ood_sets_by_dataset_and_refuse_other_shifts(tmp_path):
+    from probekit.finetune.loop import _parse_baselines
+    from probekit.robustness import fit_baseline
+
+    baseline_json = str(tmp_path / "mnist.json")
+    fit_baseline([0.6, 0.7, 0.8], [0.3, 0.38, 0.5], names=list("abc"), ood_set="mnist5k:test").save(baseline_json)
+    both = ["mnist5k:test", "digits:test"]
+    assert list(_parse_baselines([f"mnist5k={baseline_json}"], both)) == ["mnist5k:test"]
+    assert list(_parse_baselines([baseline_json], both)) == ["mnist5k:test"]  # fitted for mnist5k only
+    with pytest.raises(UserError, match="not among --ood"):
+        _parse_baselines([baseline_json], ["digits:test"])

@@ -118,17 +118,25 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
 def _parse_baselines(specs: list[str], ood_names: list[str]) -> dict[str, Any]:
     from probekit.robustness import load_baseline
 
+    from probekit.robustness.shifts import dataset_name
+
     out: dict[str, Any] = {}
     for spec in specs:
         target, sep, source = spec.rpartition("=")
-        if sep and target in ood_names:
-            out[target] = load_baseline(source)
+        named = [n for n in ood_names if target in (n, dataset_name(n))] if sep else []
+        if named:
+            for name in named:
+                out[name] = load_baseline(source)
         elif sep and target and not os.path.exists(spec):
             raise UserError(f"--baseline {spec!r} names OOD set {target!r}, which is not among --ood {ood_names}; "
                             f"use OOD_SET=BASELINE with one of those")
         else:
             b = load_baseline(spec)
-            for name in ood_names:
+            fitting = [name for name in ood_names if b.applies_to(name)]
+            if ood_names and not fitting:
+                raise UserError(f"baseline {b.name} is fitted for OOD set {b.ood_set}, which is not among --ood "
+                                f"{' '.join(ood_names)}; pass the baseline of one of these sets")
+            for name in fitting:
                 out.setdefault(name, b)
     if out and not ood_names:
         raise UserError("--baseline needs at least one --ood set to compute effective robustness on")

@@ -33,14 +33,6 @@ class TrainHeadResult:
     records: list[dict] = field(default_factory=list)
 
 
-def _baseline_applies(baseline: Any, ood_name: str) -> bool:
-    """A baseline fitted for one OOD dataset gives ER only on that dataset; one without a set, on all."""
-    from probekit.robustness.shifts import dataset_name
-
-    target = getattr(baseline, "ood_set", None)
-    return not target or dataset_name(target) == dataset_name(ood_name)
-
-
 def _load(spec, *, model, cache_dir, find_kw, role: str):
     """A FeatureSet from a FeatureSet, a `.h5` path or `dataset:split` (through the cache)."""
     from probekit.cache import FeatureSet, resolve_features
@@ -231,10 +223,10 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         from probekit.robustness import load_baseline
 
         base = load_baseline(baseline) if not hasattr(baseline, "slope") else baseline
-        if oods and not any(_baseline_applies(base, o.name) for o in oods):
+        if oods and not any(base.applies_to(o.name) for o in oods):
             raise UserError(f"baseline {base.name} is fitted for OOD set {base.ood_set}, which is not among --ood "
                             f"{' '.join(o.name for o in oods)}; pass the baseline of one of these sets")
-    er_sets = [o.name for o in oods if base is not None and _baseline_applies(base, o.name)]
+    er_sets = [o.name for o in oods if base is not None and base.applies_to(o.name)]
 
     # -- estimator -----------------------------------------------------------------------
     if solver == "sgd":

@@ -52,6 +52,12 @@ class Baseline:
     bootstrap: int = 0
     points: list[tuple[str, float, float]] = field(default_factory=list)  # (model, id, ood) fractions it was fit on
 
+    def applies_to(self, ood_set: str) -> bool:
+        """A baseline fitted for one OOD dataset gives ER only on that dataset; one without a set, on all."""
+        from probekit.robustness.shifts import dataset_name
+
+        return not self.ood_set or dataset_name(self.ood_set) == dataset_name(ood_set)
+
     def expected_ood(self, acc_id: Any, *, n: int | None = None) -> Any:
         """The OOD accuracy the baseline predicts for ID accuracy `acc_id` (fractions)."""
         arr, _ = clip_accuracy(acc_id, n, "ID accuracy")

@@ -28,14 +28,6 @@ class ZeroShotResult:
     index: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def baseline_applies(baseline: Any, ood_name: str) -> bool:
-    """A baseline fitted for one OOD dataset gives ER only on that dataset; one without a set, on all."""
-    from probekit.robustness.shifts import dataset_name
-
-    target = getattr(baseline, "ood_set", None)
-    return not target or dataset_name(target) == dataset_name(ood_name)
-
-
 def evaluate_zero_shot(head: ZeroShotHead, id_set: Any, ood_sets: list[Any] = (), *, baseline: Any = None) -> ZeroShotResult:
     """Accuracy on the ID set and every OOD set (FeatureSets), ER where `baseline` applies.
 
@@ -59,7 +51,7 @@ def evaluate_zero_shot(head: ZeroShotHead, id_set: Any, ood_sets: list[Any] = ()
             raise UserError(f"OOD set {fs.name} has label {top} but is scored over {limit} classes; "
                             f"its labels must be class indices of {shift.name if shift else 'the head'}")
         plans.append((fs, shift))
-    if baseline is not None and ood_sets and not any(baseline_applies(baseline, fs.name) for fs in ood_sets):
+    if baseline is not None and ood_sets and not any(baseline.applies_to(fs.name) for fs in ood_sets):
         raise UserError(f"baseline {baseline.name} is fitted for OOD set {baseline.ood_set}, which is not among "
                         f"--ood {' '.join(fs.name for fs in ood_sets)}; pass the baseline of one of these sets")
 
@@ -86,7 +78,7 @@ def evaluate_zero_shot(head: ZeroShotHead, id_set: Any, ood_sets: list[Any] = ()
             n_id = int(shift.id_mask(id_set.labels).sum())
             record.setdefault("acc_id_subset", {})[fs.name] = pair_id
             record.setdefault("id_eval", {})[fs.name] = shift.id_eval
-        if baseline is not None and baseline_applies(baseline, fs.name):
+        if baseline is not None and baseline.applies_to(fs.name):
             er, was_clipped = effective_robustness(pair_id, acc, baseline, n_id=n_id, n_ood=len(fs), return_clipped=True)
             record["er"][fs.name] = float(er)
             clipped = clipped or bool(was_clipped)

@@ -1,5 +1,6 @@
-"""Shared test settings."""
+"""Shared test settings and fixtures."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,3 +13,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn digits as float32 pixels in [0, 1]: (X_train, y_train, X_test, y_test), 1200 / 597."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    return X[:1200], y[:1200], X[1200:], y[1200:]

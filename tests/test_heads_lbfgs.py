@@ -5,7 +5,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
@@ -13,13 +12,6 @@ from probekit.errors import UserError
 from probekit.heads.lbfgs import DEFAULT_L2_GRID, LBFGSLogistic, logistic_objective, stratified_split
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    return X[:1200], y[:1200], X[1200:], y[1200:]
 
 
 def test_default_grid_is_clip_recipe():

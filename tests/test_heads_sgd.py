@@ -3,19 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from probekit.errors import UserError
 from probekit.heads.sgd import SGDHeads, epoch_order, init_head, lr_factor
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    return X[:1200], y[:1200], X[1200:], y[1200:]
 
 
 def plain_loop(X, y, lr, seed, *, batch_size, epochs, momentum, weight_decay, schedule="constant", Xte=None, yte=None):

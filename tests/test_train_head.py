@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from probekit import cache
+from _features import write_feature_entry
 from probekit.cli import main
 from probekit.runlog import RECORD_FIELDS, read_run
 
@@ -21,18 +22,8 @@ DIGITS = [str(i) for i in range(10)]
 
 
 def write_entry(folder, dataset, split, X, y, *, label_space="digits", classes=DIGITS, backbone=MODEL):
-    fields = cache.key_fields(backbone=backbone, weight_id="test", transform_id="test", feature_kind="penultimate",
-                              dataset=dataset, split=split, dataset_describe={"synthetic": True})
-    key = cache.entry_key(fields)
-    path = folder / cache.entry_filename(backbone, dataset, split, key)
-    attrs = {"key": key, "backbone": backbone, "weights": "default", "weight_id": "test", "transform_id": "test",
-             "feature_kind": "penultimate", "image_size": "", "feature": "", "precision": "fp32", "dtype": "float32",
-             "dataset": dataset, "split": split, "classes": list(classes), "num_classes": len(classes),
-             "label_space": label_space, "dataset_describe": {"synthetic": True}}
-    folder.mkdir(parents=True, exist_ok=True)
-    w = cache.FeatureWriter(path, attrs=attrs, total=len(y), dim=X.shape[1])
-    w.append(X.astype(np.float32), y.astype(np.int64), np.arange(len(y)), positions=len(y))
-    return w.finish()
+    return write_feature_entry(folder, dataset, split, X, y, backbone=backbone, weight_id="test", classes=classes,
+                               label_space=label_space)
 
 
 @pytest.fixture(scope="module")

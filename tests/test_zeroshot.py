@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
+from _features import write_feature_entry  # noqa: E402
 from probekit import cache  # noqa: E402
 from probekit.cli import main  # noqa: E402
 from probekit.errors import UserError  # noqa: E402
@@ -65,18 +66,8 @@ def _write_features(folder: Path, X: np.ndarray, y: np.ndarray, *, weights: Path
     from probekit.backbones.weights import weight_id as file_weight_id
 
     wid = weight_id or file_weight_id(weights)
-    fields = cache.key_fields(backbone=backbone, weight_id=wid, transform_id="test", feature_kind=feature_kind,
-                              dataset=dataset, split=split, dataset_describe={"synthetic": True})
-    key = cache.entry_key(fields)
-    path = folder / cache.entry_filename(backbone, dataset, split, key)
-    attrs = {"key": key, "backbone": backbone, "weights": str(weights), "weight_id": wid, "transform_id": "test",
-             "feature_kind": feature_kind, "image_size": "", "feature": "", "precision": "fp32", "dtype": "float32",
-             "dataset": dataset, "split": split, "classes": list(classes), "num_classes": len(classes),
-             "label_space": label_space, "dataset_describe": {"synthetic": True}}
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = cache.FeatureWriter(path, attrs=attrs, total=len(y), dim=X.shape[1])
-    writer.append(X.astype(np.float32), y.astype(np.int64), np.arange(len(y)), positions=len(y))
-    return writer.finish()
+    return write_feature_entry(folder, dataset, split, X, y, backbone=backbone, weight_id=wid, classes=classes,
+                               label_space=label_space, feature_kind=feature_kind, weights=str(weights))
 
 
 def _matching_features(W: np.ndarray, per_class: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

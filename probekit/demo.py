@@ -210,17 +210,15 @@ def _figures(out: Path, runs: list[Path], baseline, testbed: list) -> list[Path]
 
 def summary_rows(run_dirs: list[Path]) -> list[dict]:
     """Per head of each run: final accuracies, final ER, peak ER and the step where it peaked."""
-    from probekit.robustness.runs import final_records
+    from probekit.robustness.runs import summarise_heads
 
     rows = []
     for run_dir in run_dirs:
-        run = runlog.read_run(run_dir)
-        for head, last in final_records(run.records).items():
-            ers = [(r["er"][OOD], r["step"]) for r in run.head_records(head) if (r.get("er") or {}).get(OOD) is not None]
-            peak, peak_step = max(ers, key=lambda v: v[0]) if ers else (None, None)
-            rows.append({"run": run_dir.name, "head": head, "steps": last.get("step"),
-                         "acc_id": last.get("acc_id"), "acc_ood": (last.get("acc_ood") or {}).get(OOD),
-                         "er_final": (last.get("er") or {}).get(OOD), "er_peak": peak, "er_peak_step": peak_step})
+        for head, s in summarise_heads(runlog.read_run(run_dir).records).items():
+            final, peak = s["final"], (s.get("er_peak") or {}).get(OOD) or {}
+            rows.append({"run": run_dir.name, "head": head, "steps": final["step"], "acc_id": final["acc_id"],
+                         "acc_ood": final["acc_ood"].get(OOD), "er_final": (final.get("er") or {}).get(OOD),
+                         "er_peak": peak.get("er"), "er_peak_step": peak.get("step")})
     return rows
 
 

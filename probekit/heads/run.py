@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from probekit.errors import UserError, unknown_name
+from probekit.robustness.runs import summarise_heads
 
 SOLVERS = ("sgd", "lbfgs")
 
@@ -97,35 +98,6 @@ def _rows_of_classes(labels: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, 
     """Rows whose label is in `kept`, and their labels renumbered 0..K-1 in `kept` order."""
     rows = np.flatnonzero(np.isin(labels, kept))
     return rows, np.searchsorted(kept, labels[rows])
-
-
-def _summarise(records: list[dict], heads: list[str]) -> dict:
-    """Per head: final and best acc_id / acc_ood, final and peak ER with the step of the peak."""
-    out = {}
-    for h in heads:
-        rs = [r for r in records if r["head"] == h]
-        if not rs:
-            continue
-        last = rs[-1]
-        entry = {"steps": last["step"], "final": {"step": last["step"], "acc_id": last["acc_id"], "acc_ood": last["acc_ood"]},
-                 "best_acc_id": max(r["acc_id"] for r in rs), "best_acc_ood": {}}
-        for key in ("lr", "seed", "l2", "refit"):
-            if key in last:
-                entry[key] = last[key]
-        for s in last["acc_ood"]:
-            entry["best_acc_ood"][s] = max(r["acc_ood"][s] for r in rs)
-        if "er" in last:
-            entry["final"]["er"] = last["er"]
-            entry["er_peak"] = {}
-            for s in last["er"]:
-                vals = [(r["er"][s], r["step"]) for r in rs if r.get("er", {}).get(s) is not None]
-                if vals:
-                    er, step = max(vals, key=lambda v: v[0])
-                    entry["er_peak"][s] = {"er": er, "step": step}
-        if "loss" in last:
-            entry["final"]["loss"] = last["loss"]
-        out[h] = entry
-    return out
 
 
 def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None = None, cache_dir=None,
@@ -373,7 +345,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     # -- outputs -------------------------------------------------------------------------
     head_ids = list(dict.fromkeys(r["head"] for r in records)) or ([h["head"] for h in heads] if solver == "sgd" else [])
     summary = {"solver": solver, "id_set": te.name, "ood": [o.name for o in oods], "baseline": config["baseline"],
-               "n_train": int(len(y)), "elapsed_s": round(time.time() - t_start, 3), "heads": _summarise(records, head_ids)}
+               "n_train": int(len(y)), "elapsed_s": round(time.time() - t_start, 3), "heads": summarise_heads(records, head_ids)}
     if solver == "lbfgs":
         summary |= {"chosen_l2": est.chosen_l2_, "chosen_head": l2_id(est.chosen_l2_, bool(refit and getattr(est, "refit_n_iter_", None) is not None)),
                     "val_scores": {l2_id(k): v for k, v in est.val_scores_.items()},

@@ -121,3 +121,36 @@ def points_from_runs(run_dirs: Sequence[str | os.PathLike], ood_set: str | None 
             ids.append(float(acc_id))
             oods.append(float(acc_ood))
     return names, ids, oods, chosen
+
+
+def summarise_heads(records: list[dict], heads: Sequence[str] | None = None) -> dict:
+    """Per head: final and best acc_id / acc_ood, final and peak ER with the step of the peak.
+
+    `heads` defaults to every head in the order of its first record."""
+    if heads is None:
+        heads = list(dict.fromkeys(r["head"] for r in records if "head" in r))
+    out = {}
+    for h in heads:
+        rs = [r for r in records if r["head"] == h]
+        if not rs:
+            continue
+        last = rs[-1]
+        entry = {"steps": last["step"], "final": {"step": last["step"], "acc_id": last["acc_id"], "acc_ood": last["acc_ood"]},
+                 "best_acc_id": max(r["acc_id"] for r in rs), "best_acc_ood": {}}
+        for key in ("lr", "seed", "l2", "refit"):
+            if key in last:
+                entry[key] = last[key]
+        for s in last["acc_ood"]:
+            entry["best_acc_ood"][s] = max(r["acc_ood"][s] for r in rs)
+        if "er" in last:
+            entry["final"]["er"] = last["er"]
+            entry["er_peak"] = {}
+            for s in last["er"]:
+                vals = [(r["er"][s], r["step"]) for r in rs if r.get("er", {}).get(s) is not None]
+                if vals:
+                    er, step = max(vals, key=lambda v: v[0])
+                    entry["er_peak"][s] = {"er": er, "step": step}
+        if "loss" in last:
+            entry["final"]["loss"] = last["loss"]
+        out[h] = entry
+    return out

@@ -117,3 +117,77 @@ def test_nan_features_named(digits):
     X[5, 6] = np.inf
     with pytest.raises(UserError, match="2 NaN/Inf"):
         SGDHeads().fit(X, y)
+
+
+def _alone_trace(X, y, rows, lr, seed, Xte, yte, **kw):
+    """Head trained alone on X[rows]: its weights and {step: (epoch, loss, acc)} at every evaluation."""
+    seen = []
+    m = SGDHeads([lr], [seed], device="cpu", **kw).fit(X[rows], y[rows], eval_sets={"t": (Xte, yte)}, callback=seen.append)
+    trace = {p.step: (p.epoch, None if p.loss is None else p.loss[0], p.acc["t"][0]) for p in seen}
+    return m, trace
+
+
+@pytest.mark.parametrize("budget", ["epochs", "steps"])
+def test_head_rows_equal_each_head_alone_on_its_rows(digits, budget):
+    """Every head of a row-set run (own subset, own lr and seed, unequal sizes, several steps per
+    epoch with a short last batch, momentum, weight decay, cosine over its own length) ends where
+    a fit on X[rows] alone ends, with the same evaluations at the same steps."""
+    X, y, Xte, yte = digits
+    rng = np.random.default_rng(0)
+    rows = [np.sort(rng.choice(len(y), n, replace=False)) for n in (40, 250, 250, 700)]
+    pairs = [(0.3, 0), (0.1, 1), (0.1, 2), (0.05, 0)]
+    kw = dict(batch_size=96, epochs=2, momentum=0.9, weight_decay=1e-3, schedule="cosine", eval_every=3)
+    seen = []
+    m = SGDHeads(heads=pairs, budget=budget, device="cpu", **kw).fit(X, y, eval_sets={"t": (Xte, yte)},
+                                                                   callback=seen.append, head_rows=rows)
+    spe = np.array([1, 3, 3, 8])
+    assert list(m.steps_per_epoch_) == list(spe)
+    assert list(m.head_n_steps_) == ([2, 6, 6, 16] if budget == "epochs" else [16] * 4) and m.n_steps_ == 16
+    for h, ((lr, seed), r) in enumerate(zip(pairs, rows)):
+        epochs = kw["epochs"] if budget == "epochs" else 16 / spe[h]
+        alone, trace = _alone_trace(X, y, r, lr, seed, Xte, yte, **(kw | {"epochs": epochs}))
+        np.testing.assert_allclose(m.coef_[h], alone.coef_[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(m.intercept_[h], alone.intercept_[0], rtol=1e-5, atol=1e-6)
+        joint = {p.step: (p.epoch[h], None if p.loss is None else p.loss[h], p.acc["t"][h])
+                 for p in seen if p.heads is None or h in p.heads}
+        assert sorted(joint) == sorted(trace)
+        for step, (ep, loss, acc) in trace.items():
+            assert joint[step][0] == pytest.approx(ep)
+            assert (loss is None) == (joint[step][1] is None) and (loss is None or joint[step][1] == pytest.approx(loss, rel=1e-5))
+            assert joint[step][2] == acc
+    assert m.heads_[0] == {"head": "lr=0.3,seed=0", "lr": 0.3, "seed": 0}
+
+
+def test_head_rows_heads_that_are_done_stop_updating(digits):
+    X, y, _, _ = digits
+    rows = [np.arange(50), np.arange(1200)]
+    a = SGDHeads(heads=[(0.5, 0), (0.5, 0)], batch_size=50, epochs=1, device="cpu").fit(X, y, head_rows=rows)
+    b = SGDHeads([0.5], [0], batch_size=50, epochs=1, device="cpu").fit(X[:50], y[:50])
+    np.testing.assert_array_equal(a.coef_[0], b.coef_[0])  # 1 step, then masked for 23 steps: not one bit moved
+    assert list(a.head_n_steps_) == [1, 24]
+
+
+def test_head_rows_without_row_sets_is_the_product(digits):
+    X, y, _, _ = digits
+    kw = dict(batch_size=128, epochs=1, device="cpu")
+    full = SGDHeads([0.1, 1.0], [3, 4], **kw).fit(X, y)
+    same = SGDHeads(heads=[(0.1, 3), (0.1, 4), (1.0, 3), (1.0, 4)], **kw).fit(X, y, head_rows=[np.arange(len(y))] * 4)
+    np.testing.assert_allclose(full.coef_, same.coef_, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("rows,match", [
+    ([np.arange(10)], "2 heads"), ([np.arange(10), np.array([], np.int64)], "head 1"),
+    ([np.arange(10), np.array([5000])], "head 1"), ([np.arange(10), np.array([0.5])], "head 1"),
+])
+def test_bad_head_rows(digits, rows, match):
+    X, y, _, _ = digits
+    with pytest.raises(UserError, match=match):
+        SGDHeads([0.1], [0, 1], epochs=1, device="cpu").fit(X, y, head_rows=rows)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(heads=[(0.1,)]), "pairs"), (dict(heads=[(0.0, 1)]), "lr"),
+                                      (dict(heads=[(0.1, 0.5)]), "seed"), (dict(budget="time"), "budget")])
+def test_bad_heads_and_budget(digits, kw, match):
+    X, y, _, _ = digits
+    with pytest.raises(UserError, match=match):
+        SGDHeads(epochs=1, device="cpu", **kw).fit(X, y)

@@ -11,6 +11,12 @@ weight and bias, no Nesterov), so a plain ``nn.Linear`` + ``optim.SGD`` loop fed
 minibatches reproduces each head to float rounding (tests/test_heads_sgd.py checks it).
 Defaults follow the BiT head recipe (DESIGN.md): lr 0.001, batch 32768, 100 epochs, no
 weight decay, and BiT's momentum 0.9.
+
+Per-head row sets (``fit(..., head_rows=...)``, used by `probekit ablate`): each head may
+train on its own subset of the rows, drawing its minibatches from that subset exactly as a
+run on ``X[rows]`` alone would. Heads with fewer steps stop updating once done (masked) —
+``budget="epochs"`` gives every head ``epochs`` epochs of its own rows, ``budget="steps"``
+gives every head the steps that ``epochs`` epochs take on the largest row set.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from probekit.heads.evaluation import (
 
 SCHEDULES = ("constant", "cosine", "step")
 INITS = ("uniform", "zeros")
+BUDGETS = ("epochs", "steps")
 STORAGE = {"float32": torch.float32, "float16": torch.float16}
 
 
@@ -44,12 +51,14 @@ class EvalPoint:
     """What a solver hands its callback at every evaluation, for all heads at once."""
 
     step: int
-    epoch: float
+    epoch: float | np.ndarray  # [H] when heads have their own row sets (each its own epoch length)
     loss: np.ndarray | None  # [H] training loss of the last step (None before the first)
     acc: dict[str, np.ndarray]  # eval-set name -> accuracy [H]
     extra: dict = field(default_factory=dict)
     W: torch.Tensor | None = None  # the live weights [H, D, C] / bias [H, C] at this point (read only)
     b: torch.Tensor | None = None
+    heads: np.ndarray | None = None  # indices of the heads this evaluation is for (None = all); row-set heads that
+    # have finished, or whose evaluation step this is not, are left out
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -98,13 +107,16 @@ class SGDHeads(FittedHeads):
     Learned: ``coef_ [H, C, D]``, ``intercept_ [H, C]``, ``heads_`` (one dict per head with
     ``head``, ``lr``, ``seed``), ``n_classes_``, ``n_steps_``. Heads are ordered lr-major.
     ``init=(W [C, D] or [H, C, D], b [C] or [H, C])`` starts every head from given weights
-    (e.g. a zero-shot head) instead of a fresh draw.
+    (e.g. a zero-shot head) instead of a fresh draw. ``heads=[(lr, seed), ...]`` lists the
+    heads explicitly instead of the ``lrs × seeds`` product (a grid whose cells pair each seed
+    with its own row set). ``budget``: how row-set heads of unequal size are trained (module doc).
     """
 
     def __init__(self, lrs: Sequence[float] = (0.001,), seeds: Sequence[int] = (0,), *, batch_size: int = 32768,
                  epochs: float = 100, momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
                  eval_every: int = 1, head_init: str = "uniform", init=None, n_classes: int | None = None,
-                 device=None, storage_dtype: str = "float32", max_gather_elems: int = 1 << 25):
+                 device=None, storage_dtype: str = "float32", max_gather_elems: int = 1 << 25,
+                 heads: Sequence[tuple[float, int]] | None = None, budget: str = "epochs"):
         self.lrs = lrs
         self.seeds = seeds
         self.batch_size = batch_size
@@ -119,6 +131,8 @@ class SGDHeads(FittedHeads):
         self.device = device
         self.storage_dtype = storage_dtype
         self.max_gather_elems = max_gather_elems
+        self.heads = heads
+        self.budget = budget
 
     # -- validation -------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -143,14 +157,25 @@ class SGDHeads(FittedHeads):
             raise UserError(f"eval_every (--eval-every) must be a non-negative integer (0 = only at the end), got {self.eval_every!r}")
         if self.storage_dtype not in STORAGE:
             raise UserError(f"unknown storage dtype {self.storage_dtype!r}; choose float32 or float16")
+        if self.budget not in BUDGETS:
+            raise UserError(f"unknown budget {self.budget!r}; choose one of {', '.join(BUDGETS)}")
+        if self.heads is None:
+            self.head_params_ = [(lr, s) for lr in self.lrs_ for s in self.seeds_]
+        else:
+            pairs = [tuple(h) for h in self.heads]
+            if not pairs or any(len(h) != 2 for h in pairs):
+                raise UserError(f"heads must be a non-empty list of (lr, seed) pairs, got {self.heads!r}")
+            lrs = check_positive_list([h[0] for h in pairs], "lr of heads")
+            if any(not float(h[1]).is_integer() for h in pairs):
+                raise UserError(f"the seed of every head must be an integer, got {self.heads!r}")
+            self.head_params_ = [(lr, int(h[1])) for lr, h in zip(lrs, pairs)]
 
     def _initial_weights(self, D: int, C: int):
-        H = len(self.lrs_) * len(self.seeds_)
+        H = len(self.head_params_)
         Ws, bs, gens = [], [], []
-        for _lr in self.lrs_:
-            for seed in self.seeds_:
-                W, b, g = init_head(seed, D, C, self.head_init)
-                Ws.append(W), bs.append(b), gens.append(g)
+        for _lr, seed in self.head_params_:
+            W, b, g = init_head(seed, D, C, self.head_init)
+            Ws.append(W), bs.append(b), gens.append(g)
         W, b = torch.stack(Ws), torch.stack(bs)
         if self.init is not None:
             W0, b0 = (torch.as_tensor(np.asarray(t), dtype=torch.float32) for t in self.init)
@@ -164,11 +189,14 @@ class SGDHeads(FittedHeads):
         return W, b, gens
 
     # -- training ---------------------------------------------------------------------
-    def fit(self, X, y, eval_sets=None, callback: Callable[[EvalPoint], None] | None = None) -> SGDHeads:
+    def fit(self, X, y, eval_sets=None, callback: Callable[[EvalPoint], None] | None = None, *,
+            head_rows: Sequence | None = None) -> SGDHeads:
         """Train all heads on ``X [N, D]``, ``y [N]``; call `callback` at every evaluation.
 
         `eval_sets`: ``{name: (X, y)}`` or `EvalSet`s, scored by every head at step 0, every
-        ``eval_every`` steps and at the last step.
+        ``eval_every`` steps and at the last step. `head_rows`: one array of row indices into
+        `X` per head (in head order); head ``h`` then trains exactly as a fit on
+        ``X[head_rows[h]]`` alone would, and reports at its own evaluation steps (`EvalPoint.heads`).
         """
         self._check_params()
         X = check_features(X, "X")
@@ -185,49 +213,55 @@ class SGDHeads(FittedHeads):
         W, b, gens = self._initial_weights(D, C)
         W, b = W.to(dev), b.to(dev)
         H = W.shape[0]
-        self.heads_ = [{"head": head_id(lr, s), "lr": lr, "seed": s} for lr in self.lrs_ for s in self.seeds_]
-        lr = torch.tensor([h["lr"] for h in self.heads_], device=dev, dtype=torch.float32)
+        self.heads_ = [{"head": head_id(lr, s), "lr": lr, "seed": s} for lr, s in self.head_params_]
+        lr = torch.tensor([lr for lr, _ in self.head_params_], device=dev, dtype=torch.float32)
         bufW = torch.zeros_like(W) if self.momentum else None
         bufb = torch.zeros_like(b) if self.momentum else None
 
-        B = min(int(self.batch_size), N)
-        steps_per_epoch = math.ceil(N / B)
-        total = max(1, round(self.epochs * steps_per_epoch))
+        plan = _BatchPlan(N, H, int(self.batch_size), self.epochs, self.budget, gens, dev, head_rows)
+        total = plan.total
         rows = max(1, int(self.max_gather_elems) // (H * D))
         eval_every = int(self.eval_every)
 
-        def report(step: int, loss):
+        def report(step: int, loss, heads=None):
             if callback is None:
                 return
-            callback(EvalPoint(step, step / steps_per_epoch, None if loss is None else loss.cpu().numpy(), evaluate_all(sets, W, b),
-                               {"lr_factor": lr_factor(self.schedule, max(0, step - 1), total)}, W, b))
+            epoch = step / plan.spe[0] if plan.rows is None else step / plan.spe
+            factor = lr_factor(self.schedule, max(0, step - 1), total) if plan.rows is None else None
+            callback(EvalPoint(step, epoch, None if loss is None else loss.cpu().numpy(), evaluate_all(sets, W, b),
+                               {"lr_factor": factor}, W, b, heads))
 
         report(0, None)
-        order = None
         with torch.no_grad():
-            for t in range(total):
-                k = t % steps_per_epoch
-                if k == 0:
-                    order = torch.stack([epoch_order(g, N) for g in gens]).to(dev)  # [H, N]
-                idx = order[:, k * B:(k + 1) * B]  # [H, b]
-                nb = idx.shape[1]
+            for t in range(plan.n_steps):
+                idx, valid, nb = plan.batch(t)  # [H, b] rows; [H, b] 0/1 mask or None; [H] or int batch sizes
                 gW = torch.zeros_like(W)
                 gb = torch.zeros_like(b)
                 loss = torch.zeros(H, device=dev)
-                for s in range(0, nb, rows):
+                for s in range(0, idx.shape[1], rows):
                     sub = idx[:, s:s + rows]
                     Xb = Xs[sub].float()  # [H, r, D]
                     logits = torch.baddbmm(b.unsqueeze(1), Xb, W)  # [H, r, C]
                     lse = torch.logsumexp(logits, -1)
                     yb = yt[sub]  # [H, r]
-                    loss += (lse - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)).sum(1)
+                    nll = lse - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)
                     p = torch.softmax(logits, -1)
                     p.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(yb, -1, dtype=p.dtype).unsqueeze(-1))
+                    if valid is not None:  # padding rows of heads with a shorter (or no) batch count zero
+                        v = valid[:, s:s + rows]
+                        nll = nll * v
+                        p = p * v.unsqueeze(-1)
+                    loss += nll.sum(1)
                     gW += torch.bmm(p.transpose(1, 2), Xb).transpose(1, 2)  # [H, C, r] @ [H, r, D]
                     gb += p.sum(1)
-                gW /= nb
-                gb /= nb
-                loss /= nb
+                if valid is None:
+                    gW /= nb
+                    gb /= nb
+                    loss /= nb
+                else:
+                    gW /= nb[:, None, None]
+                    gb /= nb[:, None]
+                    loss /= nb
                 if self.weight_decay:
                     gW.add_(W, alpha=self.weight_decay)
                     gb.add_(b, alpha=self.weight_decay)
@@ -238,19 +272,25 @@ class SGDHeads(FittedHeads):
                         bufW.mul_(self.momentum).add_(gW)
                         bufb.mul_(self.momentum).add_(gb)
                     gW, gb = bufW, bufb
-                step_lr = lr * lr_factor(self.schedule, t, total)
+                step_lr = lr * plan.lr_factors(self.schedule, t)  # 0 for heads that are done
                 W.sub_(gW * step_lr[:, None, None])
                 b.sub_(gb * step_lr[:, None])
                 done = t + 1
-                if (eval_every and done % eval_every == 0) or done == total:
-                    report(done, loss)
+                if plan.rows is None:
+                    if (eval_every and done % eval_every == 0) or done == total:
+                        report(done, loss)
+                else:
+                    due = np.flatnonzero((done <= plan.totals) & ((eval_every > 0 and done % eval_every == 0) | (done == plan.totals)))
+                    if due.size:
+                        report(done, loss, due)
         self.W_, self.b_ = W, b
         self.coef_ = W.transpose(1, 2).cpu().numpy()
         self.intercept_ = b.cpu().numpy()
         self.n_classes_ = C
         self.n_features_in_ = D
-        self.n_steps_ = total
-        self.steps_per_epoch_ = steps_per_epoch
+        self.n_steps_ = plan.n_steps
+        self.steps_per_epoch_ = int(plan.spe[0]) if plan.rows is None else plan.spe.copy()
+        self.head_n_steps_ = plan.totals.copy()
         return self
 
     # -- inference --------------------------------------------------------------------
@@ -263,3 +303,74 @@ class SGDHeads(FittedHeads):
         pred = self.predict(X)
         y = check_labels(y, pred.shape[1], "y")
         return (pred == y[None]).mean(1)
+
+
+class _BatchPlan:
+    """Which rows every head trains on at every step, and for how many steps.
+
+    Without row sets all heads share ``N`` rows, one batch size and one step count; each
+    epoch stacks every head's own shuffling into ``[H, N]`` and a step slices it. With row
+    sets, head ``h`` shuffles its own ``n_h`` rows (a permutation of ``range(n_h)`` mapped
+    through its rows, the draw a fit on ``X[rows]`` makes), uses batch ``min(B, n_h)``, and
+    a step pads the shorter batches with a zero mask; heads past their last step get an
+    empty batch and a zero learning rate.
+    """
+
+    def __init__(self, N: int, H: int, batch_size: int, epochs: float, budget: str, gens, dev, head_rows):
+        self.gens, self.dev, self.H = gens, dev, H
+        if head_rows is None:
+            self.rows = None
+            sizes = np.full(H, N)
+        else:
+            if len(head_rows) != H:
+                raise UserError(f"head_rows has {len(head_rows)} row sets for {H} heads; give one per head")
+            self.rows = []
+            for h, r in enumerate(head_rows):
+                r = np.asarray(r)
+                if r.ndim != 1 or r.size == 0 or r.dtype.kind not in "iu" or r.min() < 0 or r.max() >= N:
+                    raise UserError(f"row set of head {h} must be a non-empty 1-D array of row indices in 0..{N - 1}")
+                self.rows.append(torch.from_numpy(r.astype(np.int64)).to(dev))
+            sizes = np.array([len(r) for r in self.rows])
+        self.sizes = sizes
+        self.B = np.minimum(batch_size, sizes)
+        self.spe = -(-sizes // self.B)  # steps per epoch of each head
+        own = np.maximum(1, np.round(epochs * self.spe)).astype(np.int64)
+        self.totals = np.full(H, own.max()) if budget == "steps" else own
+        self.total = int(self.totals.max())
+        self.n_steps = self.total
+        self._order = None
+        self._orders = [None] * H
+
+    def lr_factors(self, schedule: str, t: int) -> float | torch.Tensor:
+        """The schedule's multiplier at step `t`: one number, or per head (each over its own length, 0 once done)."""
+        if self.rows is None:
+            return lr_factor(schedule, t, self.total)
+        f = [lr_factor(schedule, t, int(n)) if t < n else 0.0 for n in self.totals]
+        return torch.tensor(f, device=self.dev, dtype=torch.float32)
+
+    def batch(self, t: int):
+        if self.rows is None:
+            B, spe = int(self.B[0]), int(self.spe[0])
+            k = t % spe
+            if k == 0:
+                self._order = torch.stack([epoch_order(g, int(self.sizes[0])) for g in self.gens]).to(self.dev)  # [H, N]
+            idx = self._order[:, k * B:(k + 1) * B]
+            return idx, None, idx.shape[1]
+        parts = []
+        for h in range(self.H):
+            if t >= self.totals[h]:
+                parts.append(self.rows[h][:0])
+                continue
+            k = t % int(self.spe[h])
+            if k == 0:
+                self._orders[h] = self.rows[h][epoch_order(self.gens[h], int(self.sizes[h])).to(self.dev)]
+            B = int(self.B[h])
+            parts.append(self._orders[h][k * B:(k + 1) * B])
+        nb = torch.tensor([len(p) for p in parts], device=self.dev)
+        width = max(1, int(nb.max()))
+        idx = torch.zeros(self.H, width, dtype=torch.int64, device=self.dev)
+        valid = torch.zeros(self.H, width, device=self.dev)
+        for h, p in enumerate(parts):
+            idx[h, :len(p)] = p
+            valid[h, :len(p)] = 1.0
+        return idx, valid, nb.clamp(min=1).float()

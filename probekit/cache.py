@@ -432,6 +432,9 @@ def read_attrs(path: str | os.PathLike) -> dict:
     import h5py
 
     path = Path(path)
+    if path.is_dir():  # not damaged, just not a file: never advise deleting a folder
+        raise UserError(f"{path} is a folder, not a feature file; pass a .h5 file from the feature store "
+                        f"(`probekit cache ls` lists them) or a dataset:split with --model")
     try:
         with h5py.File(path, "r", locking=False) as f:  # finished files are immutable; works on read-only media
             return _decode_attrs(f.attrs)
@@ -591,10 +594,12 @@ def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:
 
 def resolve_entry(entry: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """A cache entry named by path, file name, or a unique prefix of a file name."""
+    folder = paths.cache_dir(cache_dir)
+    if not str(entry).strip():
+        raise UserError(f"no cache entry given (an empty name); pass a file name from `probekit cache ls --cache-dir {folder}`")
     p = Path(entry).expanduser()
     if p.exists():
         return p
-    folder = paths.cache_dir(cache_dir)
     names = [r["file"] for r in list_entries(folder)]
     if entry in names:
         return folder / entry

@@ -192,3 +192,20 @@ def test_list_resolve_and_find(tmp_path, data, monkeypatch):
     assert cache.resolve_features("digits:train", model="tiny", cache_dir=tmp_path).features.shape == (50, 7)
     with pytest.raises(UserError, match="no cached features.*probekit extract --model tiny --dataset digits --split test"):
         cache.find_features("tiny", "digits:test", cache_dir=tmp_path)
+
+
+def test_folder_or_empty_name_is_not_called_corrupt(tmp_path, monkeypatch, capsys):
+    """Issue 13 case 4: a folder given as a feature file (or `cache info ""`) is named as a folder, never 'delete it'."""
+    from probekit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "store").mkdir()
+    with pytest.raises(UserError, match="is a folder, not a feature file") as e:
+        cache.load_features(tmp_path / "store")
+    assert "delete" not in str(e.value) and "corrupt" not in str(e.value)
+    for argv in (["cache", "info", "", "--cache-dir", "store"], ["cache", "info", "store"], ["cache", "info", "."],
+                 ["train-head", "--train", "store", "--id", "store", "--out", "run", "--no-progress"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("probekit: error:"), (argv, err)
+        assert "delete" not in err[0] and "corrupt" not in err[0], (argv, err)

@@ -103,6 +103,7 @@ def test_init_hook_sets_start(digits):
     (dict(lrs=[0.0]), "lrs"), (dict(lrs=[float("nan")]), "lrs"), (dict(lrs=[-1]), "lrs"),
     (dict(batch_size=0), "batch_size"), (dict(epochs=0), "epochs"), (dict(schedule="linear"), "schedule"),
     (dict(momentum=1.5), "momentum"), (dict(seeds=[0.5]), "seeds"),
+    (dict(seeds=[0, 0]), "seeds .*repeats 0"), (dict(lrs=[0.1, 0.1]), "lrs .*repeats 0.1"),
 ])
 def test_bad_hyperparameters(digits, kw, match):
     X, y, _, _ = digits
@@ -191,3 +192,77 @@ def test_bad_heads_and_budget(digits, kw, match):
     X, y, _, _ = digits
     with pytest.raises(UserError, match=match):
         SGDHeads(epochs=1, device="cpu", **kw).fit(X, y)
+def _run(X, y, Xte, yte, **fit_kw):
+    seen = []
+    m = SGDHeads([0.05, 0.5], [0, 1], batch_size=100, epochs=3, momentum=0.9, schedule="cosine", eval_every=4,
+                 device="cpu").fit(X, y, eval_sets={"t": (Xte, yte)}, callback=seen.append, **fit_kw)
+    return m, seen
+
+
+@pytest.mark.parametrize("stop_after", [5, 12, 24])  # mid-epoch, at an epoch end (12 steps/epoch), on an evaluation
+def test_stop_and_resume_equals_uninterrupted(digits, stop_after):
+    """A snapshot taken at any step, saved and loaded with weights_only, resumes to the same weights and evaluations."""
+    import io
+
+    X, y, Xte, yte = digits
+    full, full_seen = _run(X, y, Xte, yte)
+    steps = iter(range(1, 10**6))
+    first, first_seen = _run(X, y, Xte, yte, stop=lambda: next(steps) >= stop_after)
+    assert first.stopped_ and first.state_["step"] == stop_after and not full.stopped_
+    buf = io.BytesIO()
+    torch.save(first.state_, buf)
+    state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    second, second_seen = _run(X, y, Xte, yte, resume=state)
+    assert not second.stopped_
+    np.testing.assert_array_equal(second.coef_, full.coef_)
+    np.testing.assert_array_equal(second.intercept_, full.intercept_)
+    joined = [p for p in first_seen if p.step <= stop_after] + second_seen
+    assert [p.step for p in joined] == [p.step for p in full_seen]
+    for a, b in zip(joined, full_seen):
+        np.testing.assert_array_equal(a.acc["t"], b.acc["t"])
+        assert (a.loss is None) == (b.loss is None) and (a.loss is None or np.array_equal(a.loss, b.loss))
+
+
+def test_eval_point_state_resumes(digits):
+    X, y, Xte, yte = digits
+    full, seen = _run(X, y, Xte, yte)
+    states = []
+    SGDHeads([0.05, 0.5], [0, 1], batch_size=100, epochs=3, momentum=0.9, schedule="cosine", eval_every=4, device="cpu").fit(
+        X, y, eval_sets={"t": (Xte, yte)}, callback=lambda p: states.append(p.state()))
+    assert states[3]["step"] == seen[3].step == 12
+    resumed, rest = _run(X, y, Xte, yte, resume=states[3])
+    assert rest[0].step == seen[4].step
+    np.testing.assert_array_equal(resumed.coef_, full.coef_)
+    with pytest.raises(RuntimeError, match="inside the callback"):
+        seen[3].state()
+
+
+def test_resume_state_of_another_run_refused(digits):
+    X, y, Xte, yte = digits
+    states = []
+    SGDHeads([0.05, 0.5], [0, 1], batch_size=100, epochs=1, device="cpu").fit(X, y, eval_sets={"t": (Xte, yte)},
+                                                                             callback=lambda p: states.append(p.state()))
+    state = states[2]
+    with pytest.raises(UserError, match="another training run .*heads"):
+        SGDHeads([0.05], [0], batch_size=100, epochs=3, device="cpu").fit(X, y, resume=state)
+    with pytest.raises(UserError, match="training rows"):
+        SGDHeads([0.05, 0.5], [0, 1], batch_size=100, epochs=1, device="cpu").fit(X[:-7], y[:-7], resume=state)
+    with pytest.raises(UserError, match="steps per head"):
+        SGDHeads([0.05, 0.5], [0, 1], batch_size=100, epochs=2, device="cpu").fit(X, y, resume=state)
+    with pytest.raises(UserError, match="not an SGDHeads snapshot"):
+        SGDHeads().fit(X, y, resume={"step": 3})
+
+
+def test_row_set_heads_resume_equals_uninterrupted(digits):
+    """Heads with their own row sets (ablate) of unequal epoch lengths resume bit-identically too."""
+    X, y, Xte, yte = digits
+    rows = [np.arange(0, 1200, 3), np.arange(700), np.arange(1200)]
+    kw = dict(heads=[(0.1, 0), (0.1, 1), (0.3, 0)], batch_size=64, epochs=2, momentum=0.9, eval_every=3, device="cpu")
+    seen_full, seen_a, seen_b = [], [], []
+    full = SGDHeads(**kw).fit(X, y, {"t": (Xte, yte)}, seen_full.append, head_rows=rows)
+    n = iter(range(1, 10**6))
+    a = SGDHeads(**kw).fit(X, y, {"t": (Xte, yte)}, seen_a.append, head_rows=rows, stop=lambda: next(n) >= 9)
+    b = SGDHeads(**kw).fit(X, y, {"t": (Xte, yte)}, seen_b.append, head_rows=rows, resume=a.state_)
+    np.testing.assert_array_equal(b.coef_, full.coef_)
+    key = lambda p: (p.step, None if p.heads is None else tuple(p.heads), tuple(p.acc["t"]))  # noqa: E731
+    assert [key(p) for p in seen_a if p.step <= 9] + [key(p) for p in seen_b] == [key(p) for p in seen_full]

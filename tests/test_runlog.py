@@ -67,3 +67,24 @@ def test_corrupt_summary_reads_incomplete(tmp_path):
     (run / "summary.json").write_text("{not json")
     assert not is_complete(run)
     json.loads((run / "config.json").read_text())
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    """Issue 13 case 6: JSON outputs (and everything else written atomically) are as readable as the umask allows, not 0600."""
+    import os
+    import stat
+
+    from probekit.atomic import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        w = RunWriter(tmp_path / "r", {"a": 1})
+        w.finish({})
+        atomic_write_bytes(tmp_path / "r" / "heads.pt", b"x")
+        for name in ("config.json", "summary.json", "heads.pt"):
+            assert stat.S_IMODE((tmp_path / "r" / name).stat().st_mode) == 0o644, name
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.json", b"{}")
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -8,6 +8,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from probekit.atomic import file_mode
 from probekit.errors import UserError
 
 
@@ -23,6 +24,7 @@ def fetch(url: str, dest: Path, *, timeout: float = 60.0) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
+        os.fchmod(fd, file_mode())  # as readable as any file the user creates, not mkstemp's 0600
         with os.fdopen(fd, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:

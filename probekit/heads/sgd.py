@@ -44,6 +44,7 @@ SCHEDULES = ("constant", "cosine", "step")
 INITS = ("uniform", "zeros")
 BUDGETS = ("epochs", "steps")
 STORAGE = {"float32": torch.float32, "float16": torch.float16}
+STATE_FORMAT = "probekit-sgd-heads-state-1"
 
 
 @dataclass
@@ -59,6 +60,7 @@ class EvalPoint:
     b: torch.Tensor | None = None
     heads: np.ndarray | None = None  # indices of the heads this evaluation is for (None = all); row-set heads that
     # have finished, or whose evaluation step this is not, are left out
+    state: Callable[[], dict] | None = None  # snapshot to resume from here (`SGDHeads.fit(resume=...)`); call it in the callback
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -110,6 +112,7 @@ class SGDHeads(FittedHeads):
     (e.g. a zero-shot head) instead of a fresh draw. ``heads=[(lr, seed), ...]`` lists the
     heads explicitly instead of the ``lrs × seeds`` product (a grid whose cells pair each seed
     with its own row set). ``budget``: how row-set heads of unequal size are trained (module doc).
+    Training is resumable: see `fit`'s ``resume`` / ``stop`` and `EvalPoint.state`.
     """
 
     def __init__(self, lrs: Sequence[float] = (0.001,), seeds: Sequence[int] = (0,), *, batch_size: int = 32768,
@@ -169,6 +172,11 @@ class SGDHeads(FittedHeads):
             if any(not float(h[1]).is_integer() for h in pairs):
                 raise UserError(f"the seed of every head must be an integer, got {self.heads!r}")
             self.head_params_ = [(lr, int(h[1])) for lr, h in zip(lrs, pairs)]
+        if self.heads is None:  # a repeated value would make two heads of one id, logged and summarised as one
+            for name, values in (("lrs (--lr)", self.lrs_), ("seeds (--seeds)", self.seeds_)):
+                repeated = sorted({v for v in values if values.count(v) > 1})
+                if repeated:
+                    raise UserError(f"{name} repeats {', '.join(f'{v:g}' for v in repeated)}; give each value once")
 
     def _initial_weights(self, D: int, C: int):
         H = len(self.head_params_)
@@ -190,13 +198,20 @@ class SGDHeads(FittedHeads):
 
     # -- training ---------------------------------------------------------------------
     def fit(self, X, y, eval_sets=None, callback: Callable[[EvalPoint], None] | None = None, *,
-            head_rows: Sequence | None = None) -> SGDHeads:
+            head_rows: Sequence | None = None, resume: dict | None = None, stop: Callable[[], bool] | None = None) -> SGDHeads:
         """Train all heads on ``X [N, D]``, ``y [N]``; call `callback` at every evaluation.
 
         `eval_sets`: ``{name: (X, y)}`` or `EvalSet`s, scored by every head at step 0, every
         ``eval_every`` steps and at the last step. `head_rows`: one array of row indices into
         `X` per head (in head order); head ``h`` then trains exactly as a fit on
         ``X[head_rows[h]]`` alone would, and reports at its own evaluation steps (`EvalPoint.heads`).
+
+        Resumable: every `EvalPoint` carries ``state()``, a snapshot of everything training
+        depends on (weights, momentum buffers, each head's shuffling RNG, the step), and
+        ``fit(..., resume=snapshot)`` continues from it exactly as if never interrupted (same
+        data, row sets, hyper-parameters and heads; checked). `stop` is polled after every step:
+        when it returns true, training ends there with ``stopped_ = True`` and ``state_`` = the
+        snapshot at that step (the fitted attributes then hold the weights so far).
         """
         self._check_params()
         X = check_features(X, "X")
@@ -222,6 +237,17 @@ class SGDHeads(FittedHeads):
         total = plan.total
         rows = max(1, int(self.max_gather_elems) // (H * D))
         eval_every = int(self.eval_every)
+        ids = [h["head"] for h in self.heads_]
+        at = [0]  # steps done so far: a snapshot is only ever taken of the live state
+
+        def snapshot(done: int) -> dict:
+            """Everything step `done` + 1 depends on, on the CPU, as tensors and plain values only."""
+            if done != at[0]:
+                raise RuntimeError(f"EvalPoint.state() of step {done} called at step {at[0]}; call it inside the callback")
+            copy = lambda t: None if t is None else t.detach().cpu().clone()  # noqa: E731
+            return {"format": STATE_FORMAT, "step": done, "heads": list(ids), "rows": plan.fingerprint(),
+                    "head_steps": plan.totals.tolist(), "W": copy(W), "b": copy(b), "momentum_W": copy(bufW),
+                    "momentum_b": copy(bufb), "rng": plan.rng_state(done)}
 
         def report(step: int, loss, heads=None):
             if callback is None:
@@ -229,11 +255,20 @@ class SGDHeads(FittedHeads):
             epoch = step / plan.spe[0] if plan.rows is None else step / plan.spe
             factor = lr_factor(self.schedule, max(0, step - 1), total) if plan.rows is None else None
             callback(EvalPoint(step, epoch, None if loss is None else loss.cpu().numpy(), evaluate_all(sets, W, b),
-                               {"lr_factor": factor}, W, b, heads))
+                               {"lr_factor": factor}, W, b, heads, lambda: snapshot(step)))
 
-        report(0, None)
+        start = 0
+        if resume is not None:
+            start = at[0] = self._check_resume(resume, ids, plan, tuple(W.shape))
+            W.copy_(resume["W"]), b.copy_(resume["b"])
+            if bufW is not None:
+                bufW.copy_(resume["momentum_W"]), bufb.copy_(resume["momentum_b"])
+            plan.resume_at(start, resume["rng"])
+        else:
+            report(0, None)
+        self.stopped_, self.state_ = False, None
         with torch.no_grad():
-            for t in range(plan.n_steps):
+            for t in range(start, plan.n_steps):
                 idx, valid, nb = plan.batch(t)  # [H, b] rows; [H, b] 0/1 mask or None; [H] or int batch sizes
                 gW = torch.zeros_like(W)
                 gb = torch.zeros_like(b)
@@ -265,7 +300,7 @@ class SGDHeads(FittedHeads):
                 if self.weight_decay:
                     gW.add_(W, alpha=self.weight_decay)
                     gb.add_(b, alpha=self.weight_decay)
-                if self.momentum:
+                if bufW is not None:
                     if t == 0:
                         bufW.copy_(gW), bufb.copy_(gb)
                     else:
@@ -275,7 +310,7 @@ class SGDHeads(FittedHeads):
                 step_lr = lr * plan.lr_factors(self.schedule, t)  # 0 for heads that are done
                 W.sub_(gW * step_lr[:, None, None])
                 b.sub_(gb * step_lr[:, None])
-                done = t + 1
+                done = at[0] = t + 1
                 if plan.rows is None:
                     if (eval_every and done % eval_every == 0) or done == total:
                         report(done, loss)
@@ -283,6 +318,9 @@ class SGDHeads(FittedHeads):
                     due = np.flatnonzero((done <= plan.totals) & ((eval_every > 0 and done % eval_every == 0) | (done == plan.totals)))
                     if due.size:
                         report(done, loss, due)
+                if stop is not None and done < plan.n_steps and stop():
+                    self.stopped_, self.state_ = True, snapshot(done)
+                    break
         self.W_, self.b_ = W, b
         self.coef_ = W.transpose(1, 2).cpu().numpy()
         self.intercept_ = b.cpu().numpy()
@@ -292,6 +330,23 @@ class SGDHeads(FittedHeads):
         self.steps_per_epoch_ = int(plan.spe[0]) if plan.rows is None else plan.spe.copy()
         self.head_n_steps_ = plan.totals.copy()
         return self
+
+    def _check_resume(self, state: dict, ids: list[str], plan: _BatchPlan, shape: tuple) -> int:
+        """The step a snapshot resumes at, or a UserError when it belongs to another training run."""
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise UserError("the resume state is not an SGDHeads snapshot (EvalPoint.state()); start afresh")
+        checks = (("heads", list(state.get("heads", [])), ids), ("training rows", state.get("rows"), plan.fingerprint()),
+                  ("steps per head", list(state.get("head_steps", [])), plan.totals.tolist()),
+                  ("weight shape", tuple(state["W"].shape), shape),
+                  ("momentum", state["momentum_W"] is not None, bool(self.momentum)))
+        for what, got, want in checks:
+            if got != want:
+                raise UserError(f"the resume state was saved by another training run ({what} differ); "
+                                "resume with the original data and options, or start afresh")
+        step = int(state["step"])
+        if not 0 <= step <= plan.n_steps:
+            raise UserError(f"the resume state is at step {step}, outside this run's {plan.n_steps} steps; start afresh")
+        return step
 
     # -- inference --------------------------------------------------------------------
     def predict(self, X, restrict=None) -> np.ndarray:
@@ -340,6 +395,41 @@ class _BatchPlan:
         self.n_steps = self.total
         self._order = None
         self._orders = [None] * H
+        self._epoch_rng = [g.get_state() for g in gens]  # each head's RNG where its current epoch's shuffle was drawn
+
+    def fingerprint(self) -> list:
+        """What the batches are drawn from: the row count, or each head's row-set size (for resume checks)."""
+        return [int(n) for n in self.sizes] if self.rows is not None else [int(self.sizes[0])]
+
+    def _mid_epoch(self, done: int) -> np.ndarray:
+        """Heads whose next step (after `done`) continues an epoch already shuffled."""
+        return (done % self.spe != 0) & (done < self.totals)
+
+    def rng_state(self, done: int) -> torch.Tensor:
+        """Each head's RNG as the next step needs it: where the current epoch's shuffle was drawn
+        when that epoch is under way, else the live state (the next step draws a new epoch)."""
+        mid = self._mid_epoch(done)
+        return torch.stack([(self._epoch_rng[h] if mid[h] else self.gens[h].get_state()).clone() for h in range(self.H)])
+
+    def resume_at(self, done: int, rng: torch.Tensor) -> None:
+        """Restore the RNGs of `rng_state(done)` and redraw the shuffles of epochs under way."""
+        for g, r in zip(self.gens, rng):
+            g.set_state(r.clone())
+        mid = self._mid_epoch(done)
+        if self.rows is None:
+            if mid[0]:
+                self._draw_shared()
+            return
+        for h in np.flatnonzero(mid):
+            self._draw_head(int(h))
+
+    def _draw_shared(self) -> None:
+        self._epoch_rng = [g.get_state() for g in self.gens]
+        self._order = torch.stack([epoch_order(g, int(self.sizes[0])) for g in self.gens]).to(self.dev)  # [H, N]
+
+    def _draw_head(self, h: int) -> None:
+        self._epoch_rng[h] = self.gens[h].get_state()
+        self._orders[h] = self.rows[h][epoch_order(self.gens[h], int(self.sizes[h])).to(self.dev)]
 
     def lr_factors(self, schedule: str, t: int) -> float | torch.Tensor:
         """The schedule's multiplier at step `t`: one number, or per head (each over its own length, 0 once done)."""
@@ -353,7 +443,7 @@ class _BatchPlan:
             B, spe = int(self.B[0]), int(self.spe[0])
             k = t % spe
             if k == 0:
-                self._order = torch.stack([epoch_order(g, int(self.sizes[0])) for g in self.gens]).to(self.dev)  # [H, N]
+                self._draw_shared()
             idx = self._order[:, k * B:(k + 1) * B]
             return idx, None, idx.shape[1]
         parts = []
@@ -363,7 +453,7 @@ class _BatchPlan:
                 continue
             k = t % int(self.spe[h])
             if k == 0:
-                self._orders[h] = self.rows[h][epoch_order(self.gens[h], int(self.sizes[h])).to(self.dev)]
+                self._draw_head(h)
             B = int(self.B[h])
             parts.append(self._orders[h][k * B:(k + 1) * B])
         nb = torch.tensor([len(p) for p in parts], device=self.dev)

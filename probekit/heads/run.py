@@ -100,6 +100,84 @@ def _rows_of_classes(labels: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, 
     return rows, np.searchsorted(kept, labels[rows])
 
 
+@dataclass
+class RunInputs:
+    """The feature sets of one stage-2 run, loaded once and checked against each other."""
+
+    train: Any
+    val: Any
+    val_fraction: float | None
+    id_set: Any
+    ood: list
+    shifts: dict  # OOD set name -> ClassSubsetShift or None
+
+    @property
+    def num_classes(self) -> int:
+        return self.train.num_classes
+
+    @property
+    def label_space(self) -> str | None:
+        return self.train.attrs.get("label_space")
+
+
+def load_inputs(train, id_set, ood: Sequence = (), *, val=None, val_fraction: float | None = None, model: str | None = None,
+                cache_dir=None, weights: str = "default", image_size: int | None = None, feature: str | None = None) -> RunInputs:
+    """Load train / validation / ID / OOD features (names, paths or FeatureSets) and refuse sets that do not fit.
+
+    Checks NaN, feature dimensions, label spaces and class-subset shifts, so a bad command fails
+    before any run folder is touched. `train_head` and `probekit ablate` both start here."""
+    find_kw = {k: v for k, v in (("weights", weights), ("image_size", image_size), ("feature", feature)) if v not in (None, "default")}
+    load = lambda spec, role: _load(spec, model=model, cache_dir=cache_dir, find_kw=find_kw, role=role)  # noqa: E731
+    tr = load(train, "train")
+    val_spec, frac = _parse_val(val, train)
+    frac = frac if frac is not None else val_fraction
+    va = load(val_spec, "val") if val_spec is not None else None
+    te = load(id_set, "ID")
+    oods = [load(s, "OOD") for s in ood]
+    names = [fs.name for fs in [te, *oods]]
+    if len(set(names)) != len(names):
+        raise UserError(f"the ID and OOD sets must differ, got {', '.join(names)}")
+    roles = [("train", tr)] + ([("validation", va)] if va is not None else []) + [("ID", te)] + [("OOD", o) for o in oods]
+    for role, fs in roles:
+        _check_finite(fs, role)
+        if fs.features.shape[1] != tr.features.shape[1]:
+            raise UserError(f"{role} features {_where(fs)} have dimension {fs.features.shape[1]} but train features {_where(tr)} "
+                            f"have {tr.features.shape[1]}; extract both with the same --model / --feature")
+    C = tr.num_classes
+    space = tr.attrs.get("label_space")
+    for role, fs in roles[1:]:
+        if role == "OOD":
+            continue
+        other = fs.attrs.get("label_space")
+        if (other and space and other != space) or fs.num_classes != C or (fs.classes and tr.classes and fs.classes != tr.classes):
+            raise UserError(f"{role} features {_where(fs)} have label space {fs.attrs.get('label_space')!r} ({fs.num_classes} classes) "
+                            f"but train features {_where(tr)} have {space!r} ({C} classes); use sets of the same classes")
+        if fs.labels.size and fs.labels.max() >= C:
+            raise UserError(f"{role} features {_where(fs)} hold label {int(fs.labels.max())} but the head has {C} classes")
+    from probekit.robustness.shifts import check_label_space
+
+    shifts = {}
+    for o in oods:
+        try:
+            shifts[o.name] = check_label_space(space, C, o.name, o.attrs.get("label_space"), o.num_classes)
+        except UserError as e:
+            raise UserError(f"{e} (train {_where(tr)}, OOD {_where(o)})") from None
+    return RunInputs(tr, va, frac, te, oods, shifts)
+
+
+def resolve_baseline(baseline, oods: Sequence) -> tuple[Any, list[str]]:
+    """The `Baseline` of `--baseline` (name, fit file or Baseline; None for none) and the OOD sets it gives ER on."""
+    base = None
+    if baseline is not None:
+        from probekit.robustness import load_baseline
+
+        base = load_baseline(baseline) if not hasattr(baseline, "slope") else baseline
+        if oods and not any(base.applies_to(o.name) for o in oods):
+            raise UserError(f"baseline {base.name} is fitted for OOD set {base.ood_set}, which is not among --ood "
+                            f"{' '.join(o.name for o in oods)}; pass the baseline of one of these sets")
+    return base, [o.name for o in oods if base is not None and base.applies_to(o.name)]
+
+
 def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None = None, cache_dir=None,
                weights: str = "default", image_size: int | None = None, feature: str | None = None,
                solver: str = "sgd", baseline=None, subset: str | None = None, subset_seed: int = 0,
@@ -138,42 +216,10 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     dev = resolve_device(device)
 
     # -- features ------------------------------------------------------------------------
-    find_kw = {k: v for k, v in (("weights", weights), ("image_size", image_size), ("feature", feature)) if v not in (None, "default")}
-    load = lambda spec, role: _load(spec, model=model, cache_dir=cache_dir, find_kw=find_kw, role=role)  # noqa: E731
-    tr = load(train, "train")
-    val_spec, frac = _parse_val(val, train)
-    frac = frac if frac is not None else val_fraction
-    va = load(val_spec, "val") if val_spec is not None else None
-    te = load(id_set, "ID")
-    oods = [load(s, "OOD") for s in ood]
-    names = [fs.name for fs in [te, *oods]]
-    if len(set(names)) != len(names):
-        raise UserError(f"the ID and OOD sets must differ, got {', '.join(names)}")
-    roles = [("train", tr)] + ([("validation", va)] if va is not None else []) + [("ID", te)] + [("OOD", o) for o in oods]
-    for role, fs in roles:
-        _check_finite(fs, role)
-        if fs.features.shape[1] != tr.features.shape[1]:
-            raise UserError(f"{role} features {_where(fs)} have dimension {fs.features.shape[1]} but train features {_where(tr)} "
-                            f"have {tr.features.shape[1]}; extract both with the same --model / --feature")
-    C = tr.num_classes
-    space = tr.attrs.get("label_space")
-    for role, fs in roles[1:]:
-        if role == "OOD":
-            continue
-        other = fs.attrs.get("label_space")
-        if (other and space and other != space) or fs.num_classes != C or (fs.classes and tr.classes and fs.classes != tr.classes):
-            raise UserError(f"{role} features {_where(fs)} have label space {fs.attrs.get('label_space')!r} ({fs.num_classes} classes) "
-                            f"but train features {_where(tr)} have {space!r} ({C} classes); use sets of the same classes")
-        if fs.labels.size and fs.labels.max() >= C:
-            raise UserError(f"{role} features {_where(fs)} hold label {int(fs.labels.max())} but the head has {C} classes")
-    from probekit.robustness.shifts import check_label_space
-
-    shifts = {}
-    for o in oods:
-        try:
-            shifts[o.name] = check_label_space(space, C, o.name, o.attrs.get("label_space"), o.num_classes)
-        except UserError as e:
-            raise UserError(f"{e} (train {_where(tr)}, OOD {_where(o)})") from None
+    inputs = load_inputs(train, id_set, ood, val=val, val_fraction=val_fraction, model=model, cache_dir=cache_dir,
+                         weights=weights, image_size=image_size, feature=feature)
+    tr, va, frac, te, oods, shifts = inputs.train, inputs.val, inputs.val_fraction, inputs.id_set, inputs.ood, inputs.shifts
+    C, space = inputs.num_classes, inputs.label_space
 
     # -- subset --------------------------------------------------------------------------
     X, y = tr.features, tr.labels
@@ -190,15 +236,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         raise UserError("--cscores is only used with --subset cscore=...; add a --subset or drop --cscores")
 
     # -- baseline ------------------------------------------------------------------------
-    base = None
-    if baseline is not None:
-        from probekit.robustness import load_baseline
-
-        base = load_baseline(baseline) if not hasattr(baseline, "slope") else baseline
-        if oods and not any(base.applies_to(o.name) for o in oods):
-            raise UserError(f"baseline {base.name} is fitted for OOD set {base.ood_set}, which is not among --ood "
-                            f"{' '.join(o.name for o in oods)}; pass the baseline of one of these sets")
-    er_sets = [o.name for o in oods if base is not None and base.applies_to(o.name)]
+    base, er_sets = resolve_baseline(baseline, oods)
 
     # -- estimator -----------------------------------------------------------------------
     if solver == "sgd":

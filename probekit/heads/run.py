@@ -178,6 +178,91 @@ def resolve_baseline(baseline, oods: Sequence) -> tuple[Any, list[str]]:
     return base, [o.name for o in oods if base is not None and base.applies_to(o.name)]
 
 
+@dataclass
+class EvalViews:
+    """What heads are scored on: the ID set first, then every OOD set (and, for a class-subset
+    shift, its class-restricted ID view ``NAME__id``); restricted to the trained classes for a
+    ``classes=K`` head (`kept`)."""
+
+    sets: list
+    id_set: str
+    ood: list[str]
+    id_subset: dict  # OOD set -> (key of its restricted ID view, how it is evaluated, rows)
+    scored_rows: dict  # set -> rows of that set that are scored
+    kept: np.ndarray | None
+
+    def n(self, name: str) -> int:
+        return next(e.n for e in self.sets if e.name == name)
+
+
+def eval_views(te, oods: Sequence, shifts: dict, kept: np.ndarray | None, dev, storage_dtype: str = "float32") -> EvalViews:
+    """The `EvalSet`s of one run (see `EvalViews`), on `dev` in the storage dtype."""
+    import torch
+
+    from probekit.heads.evaluation import EvalSet
+
+    storage = torch.float16 if storage_dtype == "float16" else torch.float32
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
+    scored_rows: dict[str, np.ndarray] = {}
+
+    def eval_set(name, fs, restrict=None):
+        if kept is None:
+            scored_rows[name] = np.arange(len(fs.labels))
+            return EvalSet(name, as_t(fs.features).to(storage), as_t(fs.labels), restrict)
+        rows, labels = _rows_of_classes(fs.labels, kept)  # diversity ablation: score on the trained classes only
+        scored_rows[name] = rows
+        kept_t = as_t(kept)
+        return EvalSet(name, as_t(fs.features[rows]).to(storage), as_t(labels), lambda logits: logits[..., kept_t])
+
+    sets = [eval_set(te.name, te)]
+    id_subset = {}
+    for o in oods:
+        sh = shifts[o.name]
+        sets.append(eval_set(o.name, o, sh.restrict_logits if sh else None))
+        if sh is not None:
+            mask = sh.id_mask(te.labels)
+            if not mask.any():
+                raise UserError(f"no row of ID set {_where(te)} belongs to the {sh.name} classes; is the ID set ImageNet val?")
+            key = f"{o.name}__id"
+            id_subset[o.name] = (key, sh.id_eval, int(mask.sum()))
+            sets.append(EvalSet(key, as_t(te.features[mask]).to(storage), as_t(sh.map_id_labels(te.labels[mask])), sh.restrict_logits))
+    return EvalViews(sets, te.name, [o.name for o in oods], id_subset, scored_rows, kept)
+
+
+def head_records(views: EvalViews, acc: dict, *, step: int, epoch, loss, heads: Sequence[dict], mode: str, baseline=None,
+                 er_sets: Sequence[str] = (), extra: dict | None = None) -> list[dict]:
+    """One run record per head from one evaluation's accuracies ``{set: [H]}``.
+
+    `heads`: each head's ``head`` id and its hyper-parameters; `epoch`: a number or ``[H]``;
+    `loss`: None or ``[H]``; ER on each of `er_sets` against `baseline` (the restricted ID view
+    on the x axis for a class-subset shift)."""
+    from probekit.robustness import effective_robustness
+
+    H = len(heads)
+    acc_id = acc[views.id_set]
+    ers, clip = {}, {}
+    for s in er_sets:
+        x, n_x = (acc[views.id_subset[s][0]], views.id_subset[s][2]) if s in views.id_subset else (acc_id, views.n(views.id_set))
+        er, clipped = effective_robustness(x, acc[s], baseline, n_id=n_x, n_ood=views.n(s), return_clipped=True)
+        ers[s], clip[s] = np.atleast_1d(np.asarray(er, dtype=np.float64)), np.atleast_1d(np.asarray(clipped, dtype=bool))
+    epochs = np.broadcast_to(np.asarray(epoch, dtype=np.float64), (H,))
+    out = []
+    for h, fields in enumerate(heads):
+        r = {"step": step, "epoch": float(epochs[h]), "head": fields["head"], "mode": mode, **{k: v for k, v in fields.items() if k != "head"},
+             "loss": None if loss is None else float(loss[h]), "acc_id": float(acc_id[h]),
+             "acc_ood": {o: float(acc[o][h]) for o in views.ood}, "id_set": views.id_set}
+        if views.id_subset:
+            r["acc_id_subset"] = {s: float(acc[v[0]][h]) for s, v in views.id_subset.items()}
+            r["id_eval"] = {s: v[1] for s, v in views.id_subset.items()}
+        if baseline is not None:
+            r["er"] = {s: float(ers[s][h]) for s in er_sets}
+            if any(bool(clip[s][h]) for s in er_sets):
+                r["clipped"] = True
+        r.update(extra or {})
+        out.append(r)
+    return out
+
+
 def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None = None, cache_dir=None,
                weights: str = "default", image_size: int | None = None, feature: str | None = None,
                solver: str = "sgd", baseline=None, subset: str | None = None, subset_seed: int = 0,
@@ -200,7 +285,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     import torch
 
     from probekit import runlog
-    from probekit.heads.evaluation import EvalSet, check_positive_list, predict_heads, resolve_device
+    from probekit.heads.evaluation import check_positive_list, predict_heads, resolve_device
     from probekit.heads.lbfgs import DEFAULT_L2_GRID, LBFGSLogistic, l2_id
     from probekit.heads.sgd import SGDHeads
 
@@ -254,32 +339,9 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
             raise UserError("the L-BFGS sweep chooses λ on validation data: pass --val SPLIT|FILE or --val-fraction F")
 
     # -- evaluation sets -----------------------------------------------------------------
-    storage = torch.float16 if storage_dtype == "float16" else torch.float32
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
     kept = _diversity_classes(subset, y, C, shifts)
-    scored_rows: dict[str, np.ndarray] = {}  # rows of each set that are scored (all, unless classes=K)
-
-    def eval_set(name, fs, restrict=None):
-        if kept is None:
-            scored_rows[name] = np.arange(len(fs.labels))
-            return EvalSet(name, as_t(fs.features).to(storage), as_t(fs.labels), restrict)
-        rows, labels = _rows_of_classes(fs.labels, kept)  # diversity ablation: score on the trained classes only
-        scored_rows[name] = rows
-        kept_t = as_t(kept)
-        return EvalSet(name, as_t(fs.features[rows]).to(storage), as_t(labels), lambda logits: logits[..., kept_t])
-
-    sets = [eval_set(te.name, te)]
-    id_subset = {}
-    for o in oods:
-        sh = shifts[o.name]
-        sets.append(eval_set(o.name, o, sh.restrict_logits if sh else None))
-        if sh is not None:
-            mask = sh.id_mask(te.labels)
-            if not mask.any():
-                raise UserError(f"no row of ID set {_where(te)} belongs to the {sh.name} classes; is the ID set ImageNet val?")
-            key = f"{o.name}__id"
-            id_subset[o.name] = (key, sh.id_eval, int(mask.sum()))
-            sets.append(EvalSet(key, as_t(te.features[mask]).to(storage), as_t(sh.map_id_labels(te.labels[mask])), sh.restrict_logits))
+    views = eval_views(te, oods, shifts, kept, dev, storage_dtype)
+    sets, id_subset, scored_rows = views.sets, views.id_subset, views.scored_rows
 
     config = {
         "command": "train-head", "solver": solver, "model": model, "weights": weights, "image_size": image_size, "feature": feature,
@@ -313,44 +375,15 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     from tqdm import tqdm
 
     bar = tqdm(disable=not progress, unit="step", desc=f"train-head {solver}", dynamic_ncols=True, leave=False)
-    from probekit.robustness import effective_robustness
-
-    def er_for(acc_id_vec, acc_ood_vec, n_id, n_ood):
-        er, clipped = effective_robustness(acc_id_vec, acc_ood_vec, base, n_id=n_id, n_ood=n_ood, return_clipped=True)
-        return np.atleast_1d(np.asarray(er, dtype=np.float64)), np.atleast_1d(np.asarray(clipped, dtype=bool))
 
     def on_eval(p):
         if solver == "sgd":
-            hs = heads
-            mode_extra = [{"lr": h["lr"], "seed": h["seed"]} for h in hs]
+            hs = [{"head": h["head"], "lr": h["lr"], "seed": h["seed"]} for h in heads]
         else:
             l2, rf = p.extra["l2"], p.extra["refit"]
-            hs = [{"head": l2_id(l2, rf)}]
-            mode_extra = [{"l2": l2, "refit": rf, "objective": p.extra["objective"], "grad_max": p.extra["grad_max"]}]
-        H = len(hs)
-        acc_id = p.acc[te.name]
-        ers, clip = {}, {}
-        for s in er_sets:
-            if s in id_subset:
-                key, _, n_sub = id_subset[s]
-                ers[s], clip[s] = er_for(p.acc[key], p.acc[s], n_sub, len(sets[[e.name for e in sets].index(s)].y))
-            else:
-                ers[s], clip[s] = er_for(acc_id, p.acc[s], len(te.labels), next(e.n for e in sets if e.name == s))
-        batch = []
-        for h in range(H):
-            r = {"step": p.step, "epoch": p.epoch, "head": hs[h]["head"], "mode": solver, **mode_extra[h],
-                 "loss": None if p.loss is None else float(p.loss[h]), "acc_id": float(acc_id[h]),
-                 "acc_ood": {o.name: float(p.acc[o.name][h]) for o in oods}, "id_set": te.name}
-            if id_subset:
-                r["acc_id_subset"] = {s: float(p.acc[v[0]][h]) for s, v in id_subset.items()}
-                r["id_eval"] = {s: v[1] for s, v in id_subset.items()}
-            if base is not None:
-                r["er"] = {s: float(ers[s][h]) for s in er_sets}
-                if any(bool(clip[s][h]) for s in er_sets):
-                    r["clipped"] = True
-            if subset:
-                r["subset"] = subset
-            batch.append(r)
+            hs = [{"head": l2_id(l2, rf), "l2": l2, "refit": rf, "objective": p.extra["objective"], "grad_max": p.extra["grad_max"]}]
+        batch = head_records(views, p.acc, step=p.step, epoch=p.epoch, loss=p.loss, heads=hs, mode=solver, baseline=base,
+                             er_sets=er_sets, extra={"subset": subset} if subset else None)
         records.extend(batch)
         if writer is not None:
             writer.log_many(batch)

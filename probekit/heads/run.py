@@ -210,6 +210,9 @@ def eval_views(te, oods: Sequence, shifts: dict, kept: np.ndarray | None, dev, s
             scored_rows[name] = np.arange(len(fs.labels))
             return EvalSet(name, as_t(fs.features).to(storage), as_t(fs.labels), restrict)
         rows, labels = _rows_of_classes(fs.labels, kept)  # diversity ablation: score on the trained classes only
+        if rows.size == 0:
+            raise UserError(f"{_where(fs)} has no example of the trained classes {', '.join(map(str, kept.tolist()))}, so a head "
+                            "trained on them cannot be scored there; use another subset seed or an evaluation set with every class")
         scored_rows[name] = rows
         kept_t = as_t(kept)
         return EvalSet(name, as_t(fs.features[rows]).to(storage), as_t(labels), lambda logits: logits[..., kept_t])
@@ -263,6 +266,21 @@ def head_records(views: EvalViews, acc: dict, *, step: int, epoch, loss, heads: 
     return out
 
 
+def write_heads(out, state: dict, classes: Sequence[str]) -> Path:
+    """``heads.pt`` of a run folder (tensors and plain values, loadable with ``weights_only=True``), atomically."""
+    import io
+
+    import torch
+
+    from probekit.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({**state, "classes": list(classes)}, buf)
+    path = Path(out) / "heads.pt"
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
 def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None = None, cache_dir=None,
                weights: str = "default", image_size: int | None = None, feature: str | None = None,
                solver: str = "sgd", baseline=None, subset: str | None = None, subset_seed: int = 0,
@@ -272,13 +290,15 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                epochs: float = 100, momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
                head_init: str = "uniform", l2_grid: Sequence[float] | None = None, val_fraction: float | None = None,
                val_seed: int = 0, refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
-               lbfgs_dtype: str = "float64", init=None, extra_config: dict | None = None) -> TrainHeadResult:
+               lbfgs_dtype: str = "float64", init=None, extra_config: dict | None = None,
+               record_extra: dict | None = None) -> TrainHeadResult:
     """Train heads on cached features and log acc_id / acc_ood / ER at every evaluation.
 
     `train`, `id_set`, `ood`, `val`: ``dataset:split`` names (found in the cache for `model`),
     ``.h5`` paths, or `FeatureSet`s. `val` may also be ``SPEC%F`` or a fraction (a stratified
     held-out share of train, like `val_fraction`). `baseline`: a named baseline or a fit file.
     `init=(coef [C, D], intercept [C])` starts every head from given weights (zero-shot hook).
+    `extra_config` / `record_extra` are added to config.json / every record (an ablation's cell).
     Returns a `TrainHeadResult`; with `out`, the run folder holds log.jsonl, summary.json,
     config.json, heads.pt and (on request) predictions.npz.
     """
@@ -383,7 +403,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
             l2, rf = p.extra["l2"], p.extra["refit"]
             hs = [{"head": l2_id(l2, rf), "l2": l2, "refit": rf, "objective": p.extra["objective"], "grad_max": p.extra["grad_max"]}]
         batch = head_records(views, p.acc, step=p.step, epoch=p.epoch, loss=p.loss, heads=hs, mode=solver, baseline=base,
-                             er_sets=er_sets, extra={"subset": subset} if subset else None)
+                             er_sets=er_sets, extra=({"subset": subset} if subset else {}) | (record_extra or {}))
         records.extend(batch)
         if writer is not None:
             writer.log_many(batch)
@@ -436,10 +456,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                      "chosen_l2": float(est.chosen_l2_), "path_weight": torch.from_numpy(est.path_coef_).contiguous(),
                      "path_bias": torch.from_numpy(est.path_intercept_).contiguous(), "path_l2": torch.tensor(est.l2_grid_),
                      "heads": [l2_id(v) for v in est.l2_grid_]}
-        state["classes"] = list(tr.classes)
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(Path(out) / "heads.pt", buf.getvalue())
+        write_heads(out, state, tr.classes)
         if save_predictions and oods:
             if solver == "lbfgs":  # final prediction of every λ (and the refit), one "step" = -1 (end of each solve)
                 Ws = torch.from_numpy(est.path_coef_).transpose(1, 2).contiguous().to(dev)

@@ -360,6 +360,15 @@ class SGDHeads(FittedHeads):
         return (pred == y[None]).mean(1)
 
 
+def head_steps(sizes: Sequence[int], batch_size: int, epochs: float, budget: str = "epochs") -> np.ndarray:
+    """Optimiser steps of heads training on `sizes` rows each: ``epochs`` epochs of batches of
+    ``min(batch_size, n)`` (``budget="epochs"``), or every head the most of those (``"steps"``)."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    spe = -(-sizes // np.minimum(int(batch_size), sizes))
+    own = np.maximum(1, np.round(epochs * spe)).astype(np.int64)
+    return np.full(len(sizes), own.max()) if budget == "steps" else own
+
+
 class _BatchPlan:
     """Which rows every head trains on at every step, and for how many steps.
 
@@ -389,8 +398,7 @@ class _BatchPlan:
         self.sizes = sizes
         self.B = np.minimum(batch_size, sizes)
         self.spe = -(-sizes // self.B)  # steps per epoch of each head
-        own = np.maximum(1, np.round(epochs * self.spe)).astype(np.int64)
-        self.totals = np.full(H, own.max()) if budget == "steps" else own
+        self.totals = head_steps(sizes, batch_size, epochs, budget)
         self.total = int(self.totals.max())
         self.n_steps = self.total
         self._order = None

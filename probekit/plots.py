@@ -330,3 +330,129 @@ def plot_sweep(runs: Iterable[Any], out_path: str | os.PathLike, *, by: str = "s
         ax.legend(fontsize=7)
     fig.suptitle(title or f"Data-property sweep: {rows[0]['ood_set']}")
     return _save(fig, out_path, formats)
+
+
+ABLATION_AXES = {"size": "examples per class", "classes": "number of classes", "difficulty": "C-score subset"}
+DIFFICULTY_ORDER = ("easiest", "random", "hardest")
+
+
+def ablation_points(runs: Iterable[Any], *, ood_set: str | None = None, baseline: Baseline | None = None) -> list[dict]:
+    """One point per ablation cell run (config ``cell``): its spec, final and peak ER on the chosen OOD set."""
+    runs = [r for r in _runs(runs) if (r.config or {}).get("cell")]
+    if not runs:
+        raise UserError("no ablation cells to plot; pass the --out folder of `probekit ablate`")
+    chosen = choose_ood_set(ood_sets(r for run in runs for r in run.records), ood_set, baseline)
+    out = []
+    for run in runs:
+        head = (run.summary or {}).get("chosen_head") if (run.summary or {}).get("chosen_head") in run.heads else run.heads[-1]
+        _, series = _er_series(run, head, chosen, baseline, "step")
+        if not len(series):
+            continue
+        out.append({**run.config["cell"], "run": run, "head": head, "ood_set": chosen, "final_er": float(series[-1]),
+                    "peak_er": float(series.max())})
+    if not out:
+        raise UserError(f"the ablation cells have no ER for {chosen!r}; run ablate with --baseline or pass --baseline to plot")
+    return out
+
+
+def _axis_value(p: dict, n_all: int) -> float | str:
+    if p["kind"] == "size":
+        return n_all if p["size"] is None else p["size"]
+    return p["classes"] if p["kind"] == "classes" else p["difficulty"]
+
+
+def plot_ablation(runs: Iterable[Any], out_path: str | os.PathLike, *, baseline: Baseline | None = None,
+                  testbed_points: Sequence[tuple[str, float, float]] | None = None, ood_set: str | None = None,
+                  formats: Sequence[str] = FORMATS, title: str | None = None) -> list[Path]:
+    """The ablation figure: ER (final and peak; mean ± std over seeds, seeds as faint dots) against
+    size / number of classes / difficulty, one panel per axis in the grid, one line per lr; and
+    the ID-vs-OOD panel with one trajectory per cell, coloured by its axis value."""
+    plt = _pyplot()
+    points = ablation_points(runs, ood_set=ood_set, baseline=baseline)
+    chosen = points[0]["ood_set"]
+    kinds = [k for k in ABLATION_AXES if any(p["kind"] == k for p in points)]
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(4.6 * (len(kinds) + 1), 4.4), squeeze=False)
+    lrs = list(dict.fromkeys(p["lr"] for p in points))
+    colors = plt.get_cmap("tab10")
+    # a size=all cell sits at its mean examples per class, labelled "all"
+    n_all = max((int(p["run"].config.get("n_train") or 0) // max(1, int(p["run"].config.get("num_classes") or 1))
+                 for p in points if p["kind"] == "size" and p["size"] is None), default=0)
+    for ax, kind in zip(axes[0], kinds):
+        sel = [p for p in points if p["kind"] == kind]
+        values = sorted({_axis_value(p, n_all) for p in sel}, key=lambda v: DIFFICULTY_ORDER.index(v) if kind == "difficulty" else v)
+        pos = {v: (i if kind == "difficulty" else v) for i, v in enumerate(values)}
+        for li, lr in enumerate(lrs):
+            color = colors(li % 10)
+            by_value = {v: [p for p in sel if p["lr"] == lr and _axis_value(p, n_all) == v] for v in values}
+            xs = [pos[v] for v in values if by_value[v]]
+            for key, fmt, what in (("final_er", "o-", "final"), ("peak_er", "v--", "peak")):
+                ys = [[100 * p[key] for p in by_value[v]] for v in values if by_value[v]]
+                if kind == "difficulty":
+                    fmt = fmt[0]
+                ax.errorbar(xs, [np.mean(y) for y in ys], yerr=[np.std(y) for y in ys], fmt=fmt, color=color, capsize=3,
+                            alpha=1.0 if what == "final" else 0.6,
+                            label=f"{what} ER" + (f", lr {lr:g}" if lr is not None and len(lrs) > 1 else ""))
+                for x, y in zip(xs, ys):
+                    ax.scatter([x] * len(y), y, s=8, color=color, alpha=0.25, zorder=1)
+        if kind == "difficulty":
+            ax.set_xticks(range(len(values)), values)
+        else:
+            if max(values) / max(min(values), 1) >= 10:
+                ax.set_xscale("log")
+                ax.minorticks_off()
+            has_all = kind == "size" and any(p["size"] is None for p in sel)
+            ax.set_xticks(values, ["all" if has_all and v == n_all else str(v) for v in values])
+        seeds = len({p["seed"] for p in sel})
+        ax.axhline(0, color="black", lw=0.8, ls="--")
+        ax.set_xlabel(ABLATION_AXES[kind])
+        ax.set_ylabel("effective robustness (accuracy points, %)")
+        ax.set_title(f"ER vs {ABLATION_AXES[kind]} ({seeds} seed{'s' if seeds > 1 else ''}: mean ± std)", fontsize=9)
+        ax.grid(True, lw=0.3, alpha=0.5)
+        ax.legend(fontsize=7)
+    _ablation_id_vs_ood(axes[0][-1], points, chosen, baseline, testbed_points or [], plt)
+    fig.suptitle(title or f"Data ablations: {chosen}" + (f" vs baseline {baseline.name}" if baseline else ""))
+    fig.tight_layout()
+    return _save(fig, out_path, formats)
+
+
+def _ablation_id_vs_ood(ax: Any, points: list[dict], chosen: str, baseline: Baseline | None, testbed, plt) -> None:
+    """One trajectory per cell on transformed axes, coloured within its axis (size: blues, classes: greens, difficulty: reds)."""
+    kind_t = baseline.transform if baseline else "logit"
+    maps = {"size": "Blues", "classes": "Greens", "difficulty": "Reds"}
+    xs_all = [p[1] for p in testbed]
+    ys_all = [p[2] for p in testbed]
+    if testbed:
+        ax.scatter(_t(xs_all, kind_t), _t(ys_all, kind_t), s=10, c="0.6", alpha=0.8, label=f"testbed ({len(testbed)})", zorder=2)
+    for kind in maps:
+        sel = [p for p in points if p["kind"] == kind]
+        if not sel:
+            continue
+        values = list(dict.fromkeys(p["id"] for p in sel))
+        cmap = plt.get_cmap(maps[kind])
+        for i, p in enumerate(sel):
+            recs = sorted((r for r in p["run"].records if r.get("head") == p["head"]), key=lambda r: r.get("step") or 0)
+            pts = [(record_id_acc(r, chosen), (r.get("acc_ood") or {}).get(chosen)) for r in recs]
+            pts = [q for q in pts if q[0] is not None and q[1] is not None]
+            if not pts:
+                continue
+            x, y = (np.array(v, dtype=float) for v in zip(*pts))
+            xs_all += list(x)
+            ys_all += list(y)
+            c = cmap(0.35 + 0.6 * i / max(1, len(sel) - 1))
+            ax.plot(_t(x, kind_t), _t(y, kind_t), color=c, lw=0.8, alpha=0.8, zorder=3,
+                    label=f"{kind} cells ({len(values)})" if i == 0 else None)
+            ax.scatter(_t(x[-1:], kind_t), _t(y[-1:], kind_t), color=[c], s=14, edgecolors="black", linewidths=0.4, zorder=4)
+    xlo, xhi = _span(xs_all)
+    ylo, yhi = _span(ys_all)
+    lo, hi = min(xlo, ylo), max(xhi, yhi)
+    line = np.linspace(float(_t(lo, kind_t)), float(_t(hi, kind_t)), 200)
+    ax.plot(line, line, ls="--", color="black", lw=0.8, label="y = x", zorder=1)
+    if baseline is not None:
+        ax.plot(line, baseline.slope * line + baseline.intercept, color="tab:red", lw=1.2, zorder=1, label=f"baseline {baseline.name}")
+    _accuracy_axis(ax, kind_t, xlo, xhi, "x")
+    _accuracy_axis(ax, kind_t, ylo, yhi, "y")
+    ax.set_xlabel(f"ID accuracy, {kind_t} scale")
+    ax.set_ylabel(f"OOD accuracy ({chosen}), {kind_t} scale")
+    ax.set_title("OOD vs ID, one trajectory per cell", fontsize=9)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    ax.legend(fontsize=6, loc="upper left")

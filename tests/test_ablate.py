@@ -195,3 +195,19 @@ def test_ablation_file_lists_grid_and_cells(store, tmp_path):
     meta = json.loads((res.out / "ablation.json").read_text())
     assert meta["cells"] == ["size=5,seed=0,lr=0.1", "size=5,seed=1,lr=0.1"] and meta["grid"]["sizes"] == [5]
     assert meta["options"]["epochs"] == 1 and meta["options"]["baseline"] == "digits-mnist5k"
+
+
+def test_plot_draws_the_ablation_figure_and_table(store, tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert cli(store, out, "--sizes", "5", "20", "all", "--classes", "3", "--difficulty", "easiest", "random",
+               "--difficulty-size", "5", "--cscores", str(store / "cscores.npz"), "--seeds", "0", "1", "--lr", "0.3") == 0
+    (out / "summary.csv").unlink()
+    assert main(["plot", str(out), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "ablation.png").stat().st_size > 10_000 and (tmp_path / "fig" / "ablation.svg").exists()
+    assert len((out / "summary.csv").read_text().splitlines()) == 1 + 12
+    from probekit.plots import ablation_points
+
+    points = ablation_points([read_run(p) for p in sorted((out / "cells").iterdir())])
+    assert {p["kind"] for p in points} == {"size", "classes", "difficulty"} and len(points) == 12
+    assert all(p["peak_er"] >= p["final_er"] for p in points)
+    assert main(["plot", str(out), str(out / "cells" / "size=5,seed=0,lr=0.3")]) == 2

@@ -114,7 +114,9 @@ def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "s
     base, er_sets = resolve_baseline(baseline, inputs.ood)
     options = {"mode": mode, "train": tr.name, "id_set": inputs.id_set.name, "ood": [o.name for o in inputs.ood],
                "val": inputs.val.name if inputs.val is not None else None, "model": model,
-               "baseline": base.name if base is not None else None, "cscores": str(cscores) if cscores else None}
+               "baseline": base.name if base is not None else None,
+               "baseline_fit": base.to_json() if base is not None and hasattr(base, "to_json") else None,
+               "cscores": str(cscores) if cscores else None}
     local = locals()
     options |= {k: local[k] for k in (_SGD_OPTIONS if mode == "sgd" else _LBFGS_OPTIONS)}
     out = Path(out)

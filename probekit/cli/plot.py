@@ -13,7 +13,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plot", help="plot runs: OOD vs ID accuracy, ER curves, sweeps (PNG + SVG)",
                               description="Plot run folders: OOD vs ID accuracy on logit axes with the testbed and its baseline, "
                                           "ER against step/epoch per head, and ER against subset size / classes / C-score subset.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (train-head / finetune --out)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (train-head / finetune --out), or one ablation folder "
+                   "(ablate --out: ER against size / classes / difficulty and ID vs OOD per cell, and its summary table)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures (default: the first run folder)")
     p.add_argument("--baseline", default=None, metavar="NAME|FILE",
                    help="baseline line and ER (default: the runs' config 'baseline'); see `probekit baseline list`")
@@ -56,6 +57,15 @@ def run(args: argparse.Namespace) -> int:
     from probekit.robustness import load_baseline, load_testbed_points
     from probekit.robustness.testbeds import NAMED
 
+    from probekit.ablate.report import cell_folders, is_ablation, write_tables
+
+    ablations = [r for r in args.runs if is_ablation(r)]
+    if ablations:
+        if len(args.runs) > 1:
+            raise UserError("plot one ablation folder at a time (its cells are the runs); pass it alone")
+        args.runs = [str(p) for p in cell_folders(ablations[0])]
+        if not args.runs:
+            raise UserError(f"ablation folder {ablations[0]} has no cell folders yet; run `probekit ablate` first")
     runs = [as_run_data(r) for r in args.runs]
     for folder, r in zip(args.runs, runs):
         if r.summary is None:  # read_run leaves the summary out unless the run is complete
@@ -79,6 +89,17 @@ def run(args: argparse.Namespace) -> int:
         points = load_testbed_points(name)
     else:
         points = baseline.points if baseline else []
+    if ablations:
+        from probekit.plots import plot_ablation
+
+        out = Path(args.out or ablations[0])
+        written = plot_ablation(runs, out / "ablation", baseline=baseline, testbed_points=points, ood_set=args.ood_set,
+                                formats=args.formats)
+        rows = write_tables(ablations[0])
+        for path in written:
+            print(f"wrote {path}")
+        print(f"wrote {Path(ablations[0]) / 'summary.csv'} and summary.md ({len(rows)} cells)")
+        return 0
     out = Path(args.out or args.runs[0])
     written = plot_id_vs_ood(runs, baseline, points, out / "id_vs_ood", ood_set=args.ood_set, formats=args.formats)
     try:

@@ -374,7 +374,7 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
                     if cuda:
                         out = out.to("cpu", non_blocking=True)
                         event = torch.cuda.Event()
-                        event.record()
+                        event.record(torch.cuda.current_stream(device))  # the copy's stream, also on cuda:N != current
                 thread.put((out, event, batch["labels"], batch["index"], batch["positions"], [i for i, _ in bad]))
                 bar.update(batch["positions"])
                 if on_commit is not None:
@@ -424,7 +424,7 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
 
     A complete entry is returned at once (the model never runs); a `.partial` left by a
     killed run is resumed from its committed rows with its original batch size. Under
-    torchrun (WORLD_SIZE > 1) the ranks share the work and rank 0 writes the one entry.
+    torchrun (any WORLD_SIZE) the ranks share the work and rank 0 writes the one entry.
     """
     folder = cache.writable_cache_dir(cache_dir)
     if os.environ.get(COMMIT_ROWS_ENV):
@@ -434,10 +434,12 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
     p = plan(model, dataset, split, weights=weights, cache_dir=folder if cache_dir else None, data_root=data_root,
              image_size=image_size, feature=feature, precision=precision, dtype=dtype, download=download)
     p.path = folder / p.path.name
+    from probekit.finetune.ddp import launched_by_torchrun
+
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     run_kw = dict(device=dev, workers=workers, precision=precision, skip_bad=skip_bad, commit_rows=commit_rows,
                   commit_seconds=commit_seconds, progress=progress)
-    if world > 1:
+    if world > 1 or launched_by_torchrun():  # one torchrun process too: the multi-GPU path, tested on one GPU
         return _extract_distributed(p, batch_size=batch_size, dtype=dtype, quiet=quiet, **run_kw)
     if cache.is_complete(p.path):
         return p.path

@@ -301,7 +301,7 @@ def test_class_order_agrees_with_the_datasets_registry():
 def test_evaluate_shift_on_cuda_tensors():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
+        pytest.skip("needs CUDA")
     o = shift_for("objectnet")
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 64, 1000, generator=g)

@@ -7,7 +7,6 @@ downloaded. Image features are written through the feature store's own writer.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
+from _clip import ARCH, MODEL, save_tiny_clip  # noqa: E402
+from _clip import matching_features as _matching_features  # noqa: E402
 from _features import write_feature_entry  # noqa: E402
 from probekit import cache  # noqa: E402
 from probekit.cli import main  # noqa: E402
@@ -30,26 +31,13 @@ from probekit.zeroshot import (  # noqa: E402
     zero_shot_init,
 )
 
-ARCH = "pk-test-tiny-clip"
-MODEL = f"open_clip:{ARCH}"
-TINY = {"embed_dim": 32, "quick_gelu": True,
-        "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
 NAMES = ("red apple", "blue whale", "steam locomotive")
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     """A random-init tiny CLIP saved as a state dict: (weights path, the model itself)."""
-    root = tmp_path_factory.mktemp("tinyclip")
-    (root / "configs").mkdir()
-    (root / "configs" / f"{ARCH}.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(root / "configs")
-    torch.manual_seed(0)
-    model = open_clip.create_model(ARCH, pretrained=None).eval()
-    path = root / "tiny-clip.pt"
-    torch.save(model.state_dict(), path)
-    return path, model
+    return save_tiny_clip(tmp_path_factory.mktemp("tinyclip"))
 
 
 @pytest.fixture()
@@ -68,18 +56,6 @@ def _write_features(folder: Path, X: np.ndarray, y: np.ndarray, *, weights: Path
     wid = weight_id or file_weight_id(weights)
     return write_feature_entry(folder, dataset, split, X, y, backbone=backbone, weight_id=wid, classes=classes,
                                label_space=label_space, feature_kind=feature_kind, weights=str(weights))
-
-
-def _matching_features(W: np.ndarray, per_class: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unit-norm image embeddings near each class's text embedding (columns of W [D, C]).
-
-    A random-init text tower puts the class embeddings close together (cosine ~0.97), so
-    `noise` is per coordinate and small next to the ~0.25 distance between classes.
-    """
-    rng = np.random.default_rng(seed)
-    y = np.repeat(np.arange(W.shape[1]), per_class)
-    X = W.T[y] + noise * rng.standard_normal((len(y), W.shape[0]))
-    return X / np.linalg.norm(X, axis=1, keepdims=True), y
 
 
 def _reference_weights(model, names, templates, arch: str = ARCH) -> np.ndarray:

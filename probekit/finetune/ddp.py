@@ -1,7 +1,9 @@
 """Multi-process training under `torchrun`: who am I, sums across processes, one writer.
 
 `torchrun --nproc-per-node N -m probekit finetune ...` sets RANK / WORLD_SIZE / LOCAL_RANK;
-without them everything here is a no-op for a single process. Only rank 0 writes the run
+without them everything here is a no-op for a single process. Under torchrun the process group
+is joined even for N = 1, so a one-GPU machine runs (and tests) the multi-GPU code: DDP,
+NCCL all-reduces, barriers. Only rank 0 writes the run
 folder and checkpoints; every rank reads the same checkpoint on resume (the run folder must
 be on a filesystem all nodes share).
 """
@@ -19,6 +21,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    distributed: bool = False  # joined a process group (launched by torchrun), whatever the world size
 
     @property
     def is_main(self) -> bool:
@@ -26,7 +29,12 @@ class Dist:
 
     @property
     def enabled(self) -> bool:
-        return self.world > 1
+        return self.distributed or self.world > 1
+
+
+def launched_by_torchrun() -> bool:
+    """True in a process started by torchrun (its env:// rendezvous variables are set)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
 def setup(device: str | None) -> tuple[Dist, torch.device]:
@@ -42,12 +50,13 @@ def setup(device: str | None) -> tuple[Dist, torch.device]:
             from probekit.errors import UserError
 
             raise UserError(f"--device {device} asked for CUDA but no GPU is visible; pass --device cpu")
-        if world > 1 and dev.index is None:
+        if (world > 1 or launched_by_torchrun()) and dev.index is None:
             dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
-    if world > 1 and not torch.distributed.is_initialized():
+    distributed = world > 1 or launched_by_torchrun()
+    if distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local), dev
+    return Dist(rank, world, local, distributed), dev
 
 
 def teardown(dist: Dist) -> None:

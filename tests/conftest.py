@@ -23,3 +23,15 @@ def digits():
     X, y = load_digits(return_X_y=True)
     X = (X / 16.0).astype(np.float32)
     return X[:1200], y[:1200], X[1200:], y[1200:]
+
+
+@pytest.fixture()
+def torchrun_env(monkeypatch):
+    """The environment `torchrun --nproc-per-node 1` gives its worker (env:// rendezvous on a free local port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)

@@ -51,3 +51,17 @@ def test_torchrun_two_ranks_make_one_file_equal_to_single_process(tmp_path):
                             "-m", "probekit", "extract", *args, "--cache-dir", str(ddp_dir)],
                            env=env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and files[0] in again.stdout
+
+
+def test_one_torchrun_process_takes_the_shard_path(tmp_path, request):
+    """`torchrun --nproc-per-node 1`: the multi-GPU path (shard + merge) runs, so one GPU can test it."""
+    weights = save_random_weights(tmp_path / "tiny.pth", seed=0)
+    kw = dict(weights=str(weights), image_size=SIZE, batch_size=32, progress=False, device="cpu")
+    single = cache.load_features(E.extract(MODEL, "digits", "test", cache_dir=tmp_path / "one", **kw))
+    request.getfixturevalue("torchrun_env")  # from here on this process looks launched by torchrun
+    path = E.extract(MODEL, "digits", "test", cache_dir=tmp_path / "ddp", **kw)
+    assert not torch.distributed.is_initialized()  # extract left no process group behind
+    fs = cache.load_features(path)
+    assert fs.attrs["world_size"] == 1 and fs.attrs["merged_from_shards"] == 1 and path.name == single.path.name
+    np.testing.assert_array_equal(fs.features, single.features)
+    assert [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")] == [path.name]

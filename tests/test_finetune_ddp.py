@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_torchrun_two_processes_write_one_consistent_log(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -36,3 +35,20 @@ def test_torchrun_two_processes_write_one_consistent_log(tmp_path):
 
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
     assert done.stdout.count("lr=0.05,seed=0") == 1  # rank 0 alone reports
+
+
+def test_one_torchrun_process_joins_a_process_group(request):
+    """`torchrun --nproc-per-node 1` runs the multi-GPU code (DDP, all-reduces), so one GPU can test it."""
+    import torch
+
+    from probekit.finetune import ddp
+
+    assert ddp.setup("cpu")[0].enabled is False  # a plain process: no group
+    request.getfixturevalue("torchrun_env")
+    dist, device = ddp.setup("cpu")
+    try:
+        assert dist.enabled and torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo"
+        assert ddp.all_sum(dist, torch.ones(2)).tolist() == [1.0, 1.0] and ddp.any_true(dist, True, device)
+    finally:
+        ddp.teardown(dist)
+    assert not torch.distributed.is_initialized()

@@ -58,12 +58,13 @@ if [ $DRY = 1 ]; then
     bench finetune 60
 else
     # already-installed packages make these quick no-ops; a failed install still lets the stages try
+    # limits add up to 480 s (8 minutes)
     stage install 60 bash -c "$PY -m pip install -q 'torch==2.14.1' 'torchvision==0.29.1' && $PY -m pip install -q -e '.[test]'"
-    stage pytest 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$PARTS/pytest.xml"
-    bench extract 85
-    bench sgd 45
-    bench lbfgs 90
-    bench finetune 50
+    stage pytest 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$PARTS/pytest.xml"
+    bench extract 75
+    bench sgd 40
+    bench lbfgs 70
+    bench finetune 55
 fi
 
 dry=()

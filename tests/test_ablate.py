@@ -211,3 +211,68 @@ def test_plot_draws_the_ablation_figure_and_table(store, tmp_path, capsys):
     assert {p["kind"] for p in points} == {"size", "classes", "difficulty"} and len(points) == 12
     assert all(p["peak_er"] >= p["final_er"] for p in points)
     assert main(["plot", str(out), str(out / "cells" / "size=5,seed=0,lr=0.3")]) == 2
+
+
+def test_cscore_estimate_file_feeds_ablate(store, tmp_path, capsys):
+    from probekit.ablate.cscore import random_subsets
+    from probekit.datasets.subsets import load_cscores
+
+    out = tmp_path / "cs.npz"
+    assert main(["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(out),
+                 "--no-progress", "--heads-per-ratio", "4"]) == 0
+    printed = capsys.readouterr().out
+    rho = float(printed.split("split-half Spearman ")[1].split()[0])
+    assert rho > 0.4  # two independent halves of the heads rank the examples alike
+    with np.load(out) as z:
+        assert z["scores"].shape == (1300,) and ((0 <= z["scores"]) & (z["scores"] <= 1)).all() and (z["held_out"] >= 1).all()
+        assert int(z["n_heads"]) == 12
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target[:1300]
+    scores = load_cscores(out, labels)  # the format --cscores reads, labels in the feature file's row order
+    assert scores.mean() > 0.8
+    assert main(["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    res = ablate(*SETS, out=tmp_path / "abl", grid=make_grid(difficulty=["easiest", "hardest"], difficulty_size=20, seeds=[0], lrs=[0.3]),
+                 cscores=out, **_kw(store, batch_size=100, epochs=3))
+    rows = {r["cell"]: r for r in res.table}
+    assert rows["difficulty=easiest,seed=0,lr=0.3"]["n_train"] == rows["difficulty=hardest,seed=0,lr=0.3"]["n_train"] == 200
+    for subsets in (random_subsets(50, [0.99], 2, 0), random_subsets(50, [0.5, 0.9], 1, 3)):
+        left_out = np.ones(50, dtype=int) * len(subsets) - np.bincount(np.concatenate(subsets), minlength=50)
+        assert left_out.min() >= 1
+
+
+@pytest.mark.parametrize("extra,match", [(["--ratios", "1.5"], "between 0 and 1"), (["--ratios", "0.5", "0.5"], "repeats"),
+                                         (["--heads-per-ratio", "0"], "heads-per-ratio"), (["--out", "x.txt"], ".npz"),
+                                         (["--compare", "/nonexistent.npz"], "no such file")])
+def test_cscore_bad_input(store, tmp_path, capsys, extra, match):
+    args = ["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(tmp_path / "c.npz"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("probekit: error:") and "\n" not in err and match in err
+
+
+def test_finetune_mode_runs_cells_as_finetune_folders_skips_and_resumes(store, tmp_path, capsys):
+    out = tmp_path / "ft"
+    args = ["ablate", "--mode", "finetune", "--model", "small_cnn", "--weights", "none", "--train", "digits:test",
+            "--id", "digits:test", "--ood", "mnist5k", "--baseline", str(store / "base.json"), "--sizes", "5", "10",
+            "--seeds", "0", "--lr", "0.05", "--image-size", "16", "--max-steps", "3", "--eval-every", "3", "--eval-subset", "5",
+            "--batch-size", "16", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    cells = ["size=5,seed=0,lr=0.05", "size=10,seed=0,lr=0.05"]
+    for cell in cells:
+        run = read_run(out / "cells" / cell)
+        assert run.complete and run.config["mode"] == "finetune" and run.config["cell"]["id"] == cell
+        assert all(r["cell"]["id"] == cell for r in run.records) and run.records[-1]["step"] == 3
+    assert read_run(out / "cells" / cells[1]).config["n_train"] == 100
+    killed = out / "cells" / cells[0]
+    log = (killed / "log.jsonl").read_text()
+    (killed / "summary.json").unlink()  # killed after its last checkpoint, before it finished
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "1 cells run, 1 already complete" in capsys.readouterr().out
+    assert is_complete(killed) and (killed / "log.jsonl").read_text() == log
+    assert main([*args, "--list"]) == 0
+    assert [line.split("\t")[3] for line in capsys.readouterr().out.splitlines()] == ["complete", "complete"]
+    assert main([*args[:-3], "--classes", "3", "--out", str(out), "--no-progress"]) == 2
+    assert "--mode finetune takes --sizes" in capsys.readouterr().err

@@ -8,8 +8,8 @@ feature load, training, evaluation, run folder). Both sides get the same thread 
 epoch, accuracies and ER must be identical, losses equal to float rounding.
 
 Feature sets: EfficientNet-Lite0 features of the bundled digits (train → test, OOD MNIST-5k;
-extracted into ``--cache-dir`` at ``--image-size`` when absent), and, with ``--fashion``, the
-Fashion-MNIST features in ``--fashion-cache`` (train 60k → test 10k, no OOD set). Results are
+extracted into ``--cache-dir`` at ``--image-size`` when absent), and/or the
+Fashion-MNIST features in ``--fashion-cache`` (``--sets fashion``: train 60k → test 10k, no OOD set). Results are
 printed and written to ``benchmarks/results/ablate.json``.
 """
 
@@ -102,7 +102,8 @@ def main() -> None:
     p.add_argument("--sgd", nargs="*", default=["--lr", "0.01", "--batch-size", "256", "--epochs", "10"],
                    help="SGD options both sides get (default: lr 0.01, batch 256, 10 epochs)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--fashion", action="store_true", help="also the Fashion-MNIST Lite0 features in --fashion-cache")
+    p.add_argument("--sets", nargs="+", choices=("digits", "fashion"), default=["digits"],
+                   help="feature sets to run on: digits (bundled) and/or fashion (the Fashion-MNIST Lite0 features in --fashion-cache)")
     p.add_argument("--fashion-cache", default="/work/fcache")
     p.add_argument("--fashion-image-size", type=int, default=112)
     p.add_argument("--fashion-sizes", nargs=5, default=["10", "50", "100", "500", "all"])
@@ -112,15 +113,17 @@ def main() -> None:
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), PYTHONPATH=str(ROOT))
     model = "efficientnet_lite0"
-    ensure_features(model, args.cache_dir, args.image_size, ["digits:train", "digits:test", "mnist5k:test"], env)
+    if "digits" in args.sets:
+        ensure_features(model, args.cache_dir, args.image_size, ["digits:train", "digits:test", "mnist5k:test"], env)
     work = Path(tempfile.mkdtemp(prefix="probekit-bench-ablate-"))
     results = {"threads": args.threads, "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
     try:
-        common = ["--model", model, "--cache-dir", args.cache_dir, "--image-size", str(args.image_size), "--train", "digits:train",
-                  "--id", "digits:test", "--ood", "mnist5k:test", "--eval-every", "1", *args.sgd]
-        results["digits"] = {"grid": {"sizes": args.sizes, "seeds": args.seeds, "sgd": args.sgd},
-                             **bench("digits", common, args.sizes, args.seeds, env, work)}
-        if args.fashion:
+        if "digits" in args.sets:
+            common = ["--model", model, "--cache-dir", args.cache_dir, "--image-size", str(args.image_size), "--train", "digits:train",
+                      "--id", "digits:test", "--ood", "mnist5k:test", "--eval-every", "1", *args.sgd]
+            results["digits"] = {"grid": {"sizes": args.sizes, "seeds": args.seeds, "sgd": args.sgd},
+                                 **bench("digits", common, args.sizes, args.seeds, env, work)}
+        if "fashion" in args.sets:
             common = ["--model", model, "--cache-dir", args.fashion_cache, "--image-size", str(args.fashion_image_size),
                       "--train", "fashion-mnist:train", "--id", "fashion-mnist:test", "--eval-every", "1", *args.fashion_sgd]
             results["fashion-mnist"] = {"grid": {"sizes": args.fashion_sizes, "seeds": args.seeds, "sgd": args.fashion_sgd},

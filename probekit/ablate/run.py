@@ -59,12 +59,17 @@ def plan_cells(train_labels: np.ndarray, grid: Grid, *, cscores=None, shard: tup
 def list_cells(train, id_set, ood: Sequence = (), *, out, grid: Grid, shard: tuple[int, int] | None = None, cscores=None,
                **feature_source) -> list[str]:
     """One line per cell of the grid (of this shard): 1-based index in the grid, id, subset spec, status in `out`."""
-    from probekit import runlog
     from probekit.heads.run import load_inputs
 
     inputs = load_inputs(train, id_set, ood, **feature_source)
     scores = _load_scores(cscores, inputs.train.labels)
-    cells, mine = plan_cells(inputs.train.labels, grid, cscores=scores, shard=shard)
+    return cell_lines(*plan_cells(inputs.train.labels, grid, cscores=scores, shard=shard), out)
+
+
+def cell_lines(cells: Sequence[Cell], mine: Sequence[Cell], out) -> list[str]:
+    """``--list``: one line per cell of `mine`: its 1-based index in the grid, id, subset spec, complete / todo in `out`."""
+    from probekit import runlog
+
     index = {c.id: i for i, c in enumerate(cells, 1)}
     return [f"{index[c.id]}\t{c.id}\t{c.subset or 'all'}\t{'complete' if runlog.is_complete(cell_dir(out, c)) else 'todo'}"
             for c in mine]

@@ -25,13 +25,18 @@ def add_feature_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feature", default=None, help="feature kind the features were extracted with, if not the default")
 
 
-def add_sgd_options(parser: argparse.ArgumentParser, *, lr_default=(0.001,)) -> None:
-    """The SGD-head hyper-parameters (BiT defaults), shared by train-head and ablate."""
+def add_sgd_options(parser: argparse.ArgumentParser, *, lr_default=(0.001,), defer_length: bool = False) -> None:
+    """The SGD-head hyper-parameters (BiT defaults), shared by train-head and ablate.
+
+    `defer_length`: --batch-size / --epochs default to None (the caller fills BiT's 32768 / 100
+    for heads, a finetune recipe its own)."""
     g = parser.add_argument_group("sgd")
     g.add_argument("--lr", type=float, nargs="+", default=None if lr_default is None else list(lr_default),
                    help="learning rates (default 0.001)")
-    g.add_argument("--batch-size", type=int, default=32768, help="minibatch size (default 32768, BiT)")
-    g.add_argument("--epochs", type=float, default=100, help="epochs (default 100, BiT)")
+    g.add_argument("--batch-size", type=int, default=None if defer_length else 32768,
+                   help="minibatch size (default 32768, BiT" + ("; finetune: the recipe's)" if defer_length else ")"))
+    g.add_argument("--epochs", type=float, default=None if defer_length else 100,
+                   help="epochs (default 100, BiT" + ("; finetune: the recipe's)" if defer_length else ")"))
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0, BiT)")
     g.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step"), help="learning-rate schedule")

@@ -33,19 +33,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--difficulty-size", default=None, metavar="N", help="examples per class of each difficulty cell (e.g. 500)")
     g.add_argument("--cscores", default=None, metavar="FILE", help="C-score .npz (published, or from `probekit cscore`) for --difficulty")
     g.add_argument("--seeds", nargs="+", default=["0"], metavar="S", help="seeds: each draws a cell's subset and its head's init and shuffling (default 0)")
-    g.add_argument("--mode", default="sgd", help="sgd (one batched pass over all cells) or lbfgs (a λ sweep per cell)")
+    g.add_argument("--mode", default="sgd", help="sgd (one batched pass over all cells), lbfgs (a λ sweep per cell) or finetune "
+                   "(a whole network per cell, one after another; --train/--id/--ood are then datasets)")
     g.add_argument("--budget", default="epochs", help="sgd: epochs (every cell --epochs epochs of its own subset, default) or "
                    "steps (every cell the steps of the largest)")
     g.add_argument("--shard", default=None, metavar="I/N", help="run only every N-th cell starting at the I-th (1-based), e.g. a job array's task")
     g.add_argument("--list", action="store_true", help="print the grid's cells, one line each (index, id, subset, status), and exit")
     p.add_argument("--out", required=True, help="ablation folder (ablation.json, cells/<cell>/, summary.csv, summary.md)")
     p.add_argument("--overwrite", action="store_true", help="recompute every cell, complete ones too")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate every N optimiser steps / L-BFGS iterations (default 1; 0 = only start and end)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N optimiser steps / L-BFGS iterations (default 1; 0 = "
+                   "only start and end; finetune: once per epoch)")
     p.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32", help="keep features in memory as float16")
     _common.add_cache_dir(p)
     _common.add_device(p)
-    _common.add_sgd_options(p, lr_default=None)
+    _common.add_sgd_options(p, lr_default=None, defer_length=True)
     _common.add_lbfgs_options(p)
+    g = p.add_argument_group("finetune (--mode finetune; --lr, --epochs, --batch-size apply, the rest is the recipe's)")
+    g.add_argument("--recipe", default=None, help="finetune recipe (default chosen from the dataset and --weights)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop each cell's network after this many optimiser steps")
+    g.add_argument("--eval-subset", type=int, default=None, metavar="N", help="evaluate on N images per class")
+    _common.add_data_root(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -64,20 +71,44 @@ def run(args: argparse.Namespace) -> int:
 
     grid = _grid(args)
     shard = parse_shard(args.shard)
-    common = dict(val=args.val, val_fraction=args.val_fraction, model=args.model, cache_dir=args.cache_dir, weights=args.weights,
-                  image_size=args.image_size, feature=args.feature, cscores=args.cscores, shard=shard)
-    if args.list:
-        for line in list_cells(args.train, args.id_set, args.ood, out=args.out, grid=grid, **common):
-            print(line)
+    if args.mode == "finetune":
+        res = _finetune(args, grid, shard)
+    else:
+        common = dict(val=args.val, val_fraction=args.val_fraction, model=args.model, cache_dir=args.cache_dir, weights=args.weights,
+                      image_size=args.image_size, feature=args.feature, cscores=args.cscores, shard=shard)
+        if args.list:
+            for line in list_cells(args.train, args.id_set, args.ood, out=args.out, grid=grid, **common):
+                print(line)
+            return 0
+        res = ablate(args.train, args.id_set, args.ood, out=args.out, grid=grid, mode=args.mode, budget=args.budget,
+                     overwrite=args.overwrite, baseline=args.baseline, device=args.device, storage_dtype=args.storage_dtype,
+                     eval_every=1 if args.eval_every is None else args.eval_every, progress=not args.no_progress,
+                     batch_size=32768 if args.batch_size is None else args.batch_size,
+                     epochs=100 if args.epochs is None else args.epochs, momentum=args.momentum, weight_decay=args.weight_decay,
+                     schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid, refit=args.refit,
+                     max_iter=args.max_iter, tol=args.tol, warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype,
+                     **common)
+    if res is None:
         return 0
-    res = ablate(args.train, args.id_set, args.ood, out=args.out, grid=grid, mode=args.mode, budget=args.budget,
-                 overwrite=args.overwrite, baseline=args.baseline, device=args.device, storage_dtype=args.storage_dtype,
-                 eval_every=args.eval_every, progress=not args.no_progress, batch_size=args.batch_size, epochs=args.epochs,
-                 momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init,
-                 l2_grid=args.l2_grid, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
-                 warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, **common)
     print(f"{len(res.ran)} cells run, {len(res.skipped)} already complete -> {res.out}")
     for row in res.table:
         er = {k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("er:")}
         print(f"{row['cell']}  n={row['n_train']}  acc_id={row['acc_id']:.4f}" + "".join(f"  er[{s}]={v:+.4f}" for s, v in er.items()))
     return 0
+
+
+def _finetune(args: argparse.Namespace, grid, shard):
+    from probekit.ablate.finetune import ablate_finetune
+    from probekit.errors import UserError
+
+    if not args.model:
+        raise UserError("--mode finetune needs --model (the network to fine-tune)")
+    if args.epochs is not None and not float(args.epochs).is_integer():
+        raise UserError(f"--epochs {args.epochs:g}: fine-tuning takes a whole number of epochs")
+    options = dict(weights=args.weights, recipe=args.recipe, max_steps=args.max_steps, eval_every=args.eval_every,
+                   batch_size=args.batch_size, epochs=None if args.epochs is None else int(args.epochs),
+                   eval_subset=args.eval_subset, image_size=args.image_size, device=args.device,
+                   baselines=[args.baseline] if args.baseline else [])
+    return ablate_finetune(args.train, args.id_set, args.ood, out=args.out, grid=grid, model=args.model, shard=shard,
+                           overwrite=args.overwrite, cscores=args.cscores, data_root=args.data_root,
+                           progress=not args.no_progress, list_only=args.list, **options)

@@ -68,6 +68,7 @@ class FinetuneConfig:
     overwrite: bool = False
     save_model: bool = False
     progress: bool = True
+    record_extra: dict = field(default_factory=dict)  # added to config.json and every record (an ablation cell's spec)
 
 
 class Stopped(Exception):
@@ -329,7 +330,7 @@ class _Run:
             "baselines": {k: getattr(b, "name", str(b)) for k, b in baselines.items()},
             "baseline_fit": _shared_fit(baselines),
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp],
-            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, **cfg.record_extra,
         }, default=str))
         self.run_info = {"max_steps": cfg.max_steps, "device": str(device), "world_size": dist.world,
                          "channels_last": self.channels_last, "workers": cfg.workers}
@@ -452,7 +453,7 @@ class _Run:
         net = model
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        base = {"head": head, "mode": "finetune", "lr": lr, "seed": seed, "id_set": self.id_set.name}
+        base = {"head": head, "mode": "finetune", "lr": lr, "seed": seed, "id_set": self.id_set.name, **cfg.record_extra}
         if cfg.eval_subset:
             base["eval_subset"] = int(cfg.eval_subset)
         t0 = time.time()

@@ -1,0 +1,63 @@
+"""`probekit cscore`: estimate C-scores (example difficulty) of a training set from its cached features."""
+
+from __future__ import annotations
+
+import argparse
+
+from probekit.cli import _common
+
+ORDER = 23
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "cscore", help="estimate C-scores (held-out accuracy per example) from cached features, for --cscores",
+        description="Estimate every training example's C-score (Jiang et al. 2021): the accuracy on it of linear heads "
+                    "trained on random subsets of the rest (--ratios of the data, --heads-per-ratio heads each, all trained "
+                    "in one batched SGD pass). Writes the .npz that --cscores reads (keys scores and labels, in the feature "
+                    "file's row order) and reports the estimate's stability: the Spearman correlation between the scores "
+                    "of two independent halves of the heads.")
+    _common.add_feature_source(p)
+    p.add_argument("--train", required=True, help="training features: dataset:split or a .h5 file")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="C-score file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="subset sizes as fractions of the data (default 0.25 0.5 0.75)")
+    p.add_argument("--heads-per-ratio", type=int, default=8, help="heads (random subsets) per ratio (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets and heads (default 0)")
+    p.add_argument("--compare", default=None, metavar="FILE.npz", help="a published C-score file of the same rows: report the rank correlation")
+    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate of the heads (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=128, help="minibatch size (default 128)")
+    p.add_argument("--epochs", type=float, default=20, help="epochs of each head over its subset (default 20)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    p.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32", help="keep features in memory as float16")
+    _common.add_cache_dir(p)
+    _common.add_device(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from probekit.ablate.cscore import estimate_cscores, rank_correlation, write_cscores
+    from probekit.errors import UserError
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise UserError(f"--out {out}: C-scores are written as a .npz file; use a name ending in .npz")
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    if args.compare and not Path(args.compare).is_file():
+        raise UserError(f"--compare {args.compare}: no such file (the published CIFAR-10 file is cifar10-cscores-orig-order.npz)")
+    res = estimate_cscores(args.train, model=args.model, cache_dir=args.cache_dir, weights=args.weights, image_size=args.image_size,
+                           feature=args.feature, ratios=args.ratios, heads_per_ratio=args.heads_per_ratio, seed=args.seed,
+                           lr=args.lr, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
+                           weight_decay=args.weight_decay, device=args.device, storage_dtype=args.storage_dtype,
+                           progress=not args.no_progress)
+    path = write_cscores(out, res, overwrite=args.overwrite)
+    print(f"{len(res.scores)} C-scores from {res.n_heads} heads (mean {res.scores.mean():.3f}); "
+          f"split-half Spearman {res.split_half_spearman:.3f} -> {path}")
+    if args.compare:
+        print(f"Spearman with {args.compare}: {rank_correlation(res, args.compare):.3f}")
+    return 0

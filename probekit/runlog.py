@@ -6,7 +6,16 @@ A run folder holds:
 - ``log.jsonl``: one self-describing record per head per evaluation;
 - ``summary.json``: written last, atomically; a run is complete only when it exists
   and says ``"status": "complete"``. A killed run has a log but no complete summary,
-  so it is never mistaken for a finished one.
+  so it is never mistaken for a finished one;
+- ``.probekit-run``: the folder's owner mark and lock (see below).
+
+Ownership: a folder is written only by the run that holds the ``flock`` on its
+``.probekit-run`` (which names that run's pid, host, command and start time, so a second
+writer is refused with whose run it is; the lock dies with its process). A folder that holds
+files probekit did not write is refused unless it is empty, and so is one inside the feature
+store. ``overwrite=True`` builds the new run in a hidden sibling folder and swaps it in
+only when it finishes (one atomic rename exchange on Linux), so the old run's files are all
+gone, or, if the new run fails, all still there.
 
 Record fields (`RECORD_FIELDS`): ``step``, ``epoch``, ``head`` (a stable id such as
 ``"lr=0.001,seed=0"``), ``loss``, ``acc_id``, ``acc_ood`` (``{ood_set: accuracy}``),
@@ -17,14 +26,24 @@ Accuracies and ER are fractions, not percentages.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import fnmatch
 import json
 import math
 import os
+import shlex
+import shutil
+import socket
+import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probekit import paths
 from probekit.atomic import _json_default, atomic_write_json, atomic_write_text
 from probekit.errors import UserError
 
@@ -32,6 +51,13 @@ RECORD_FIELDS = ("step", "epoch", "head", "loss", "acc_id", "acc_ood", "er")
 CONFIG_FILE = "config.json"
 LOG_FILE = "log.jsonl"
 SUMMARY_FILE = "summary.json"
+OWNER_FILE = ".probekit-run"
+CHECKPOINT_DIR = "checkpoints"
+# what probekit writes into a run folder (train-head, finetune, zero-shot, and `probekit plot`'s default figures)
+RUN_FILES = (OWNER_FILE, CONFIG_FILE, LOG_FILE, SUMMARY_FILE, "heads.pt", "predictions.npz", CHECKPOINT_DIR)
+RUN_FILE_PATTERNS = ("model_*.pt", "id_vs_ood.*", "er_vs_*.*", "sweep.*", ".*.tmp")
+_COMMANDS = ("train-head", "zero-shot", "finetune", "ablate")
+_STAGING = ".{name}.probekit-new"
 
 
 def _clean(value: Any) -> Any:
@@ -47,32 +73,180 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class RunWriter:
-    """Appends records to a run folder and marks it complete at the end.
+# ---------------------------------------------------------------- ownership
 
-    ``resume=True`` keeps an existing log (the caller truncates it to the last
-    checkpoint with `truncate`); otherwise an existing *complete* run is refused
-    unless ``overwrite=True``, and an incomplete one is started afresh.
+
+def _is_run_file(name: str) -> bool:
+    return name in RUN_FILES or any(fnmatch.fnmatch(name, p) for p in RUN_FILE_PATTERNS)
+
+
+def _legacy_run(folder: Path) -> bool:
+    """A run folder written before owner marks existed: a config.json of a probekit command next to a log."""
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and (folder / LOG_FILE).is_file()
+            and (config.get("command") in _COMMANDS or config.get("mode") in ("finetune", "zero-shot")))
+
+
+def _describe_owner(owner_file: Path) -> str:
+    try:
+        o = json.loads(owner_file.read_text())
+        return (f"pid {o.get('pid', '?')} on {o.get('host', '?')}, `{o.get('command', '?')}`, "
+                f"started {o.get('started', '?')}")
+    except (OSError, ValueError, AttributeError):
+        return "owner unknown"
+
+
+def check_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+              cache_dir: str | os.PathLike | None = None) -> Path:
+    """Refuse (UserError) an ``--out`` a new run may not write into; cheap, so callers check before any work.
+
+    Refused: a file; a folder inside the feature store; a non-empty folder that is not a
+    probekit run, or a run folder holding files probekit did not write; a run another
+    process is writing; a complete run unless `overwrite` (or `resume`).
+    """
+    out = Path(out)
+    store = paths.cache_dir(cache_dir).resolve()
+    where = out.resolve()
+    if where == store or store in where.parents:
+        raise UserError(f"--out {out} is inside the feature store {store}; write runs elsewhere (e.g. --out runs/NAME)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose another --out")
+    if not out.is_dir():
+        return out
+    try:
+        names = sorted(os.listdir(out))
+    except OSError as e:
+        raise UserError(f"cannot read run folder {out}: {e.strerror}; choose another --out") from None
+    if not names:
+        return out
+    foreign = [n for n in names if not _is_run_file(n)]
+    if not (out / OWNER_FILE).is_file() and not _legacy_run(out):
+        foreign = foreign or names
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"--out {out} holds files probekit did not write ({shown}); choose an empty or new folder "
+                        "(probekit replaces only its own run folders)")
+    if (out / OWNER_FILE).is_file():
+        with _locked(out / OWNER_FILE, create=False):
+            pass
+    if is_complete(out) and not overwrite and not resume:
+        raise UserError(f"run folder {out} already holds a complete run; pass --overwrite or choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def _locked(owner_file: Path, *, create: bool = True) -> Iterator[int]:
+    """Hold the run folder's lock (non-blocking): a folder another process writes is refused, naming its owner."""
+    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(owner_file, flags, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot open {owner_file}: {e.strerror}; choose another --out") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise UserError(f"run folder {owner_file.parent} is being written by another probekit run "
+                            f"({_describe_owner(owner_file)}); wait for it to finish or choose another --out") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _claim(fd: int, config: dict) -> None:
+    """Write who holds the lock into the (locked) owner file."""
+    cli = bool(sys.argv) and Path(sys.argv[0]).name in ("probekit", "__main__.py", "-c")
+    command = shlex.join(["probekit", *sys.argv[1:]] if cli else sys.argv)
+    owner = {"format": "probekit-run", "pid": os.getpid(), "host": socket.gethostname(), "command": command[:1000],
+             "run": config.get("command") or config.get("mode"), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    data = (json.dumps(owner) + "\n").encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two folders: one atomic renameat2(RENAME_EXCHANGE) on Linux, else two renames."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = getattr(libc, "renameat2", None)
+        if fn is not None:
+            AT_FDCWD, RENAME_EXCHANGE = -100, 2
+            if fn(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+                return
+            if ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(a))
+    aside = a.with_name(a.name + ".swap")
+    os.rename(b, aside)
+    os.rename(a, b)
+    os.rename(aside, a)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class RunWriter:
+    """Owns a run folder while it is written: appends records and marks it complete at the end.
+
+    ``resume=True`` keeps an existing log (the caller truncates it to the last checkpoint with
+    `truncate`). Otherwise a complete run is refused unless ``overwrite=True``; an incomplete
+    one is cleared (its files, not the folder) and started afresh. With ``overwrite`` an
+    existing run is replaced atomically at `finish`: until then the new run lives in `dir`, a
+    hidden sibling folder, so callers write their extra files (heads, checkpoints) under
+    ``writer.dir``. `replacing` says whether that is so. See the module doc for ownership.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, config: dict, *, resume: bool = False, overwrite: bool = False):
-        self.dir = Path(out_dir)
+    def __init__(self, out_dir: str | os.PathLike, config: dict, *, resume: bool = False, overwrite: bool = False,
+                 cache_dir: str | os.PathLike | None = None):
+        self.out = check_out(out_dir, overwrite=overwrite, resume=resume, cache_dir=cache_dir)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create run folder {self.dir}: {e.strerror}; choose another --out") from e
-        summary = self.dir / SUMMARY_FILE
-        log = self.dir / LOG_FILE
-        if not resume:
-            if is_complete(self.dir) and not overwrite:
-                raise UserError(f"run folder {self.dir} already holds a complete run; pass --overwrite or choose another --out")
-            for stale in (summary, log):
-                if stale.exists():
-                    stale.unlink()
-        elif summary.exists():
-            summary.unlink()  # a resumed run is incomplete until it finishes again
+            raise UserError(f"cannot create run folder {self.out}: {e.strerror}; choose another --out") from e
+        self._stack = contextlib.ExitStack()
+        self._log = None
+        self.finished = False
+        try:
+            self._open(config, resume=resume, overwrite=overwrite)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _open(self, config: dict, *, resume: bool, overwrite: bool) -> None:
+        _claim(self._stack.enter_context(_locked(self.out / OWNER_FILE)), config)
+        staging = self.out.with_name(_STAGING.format(name=self.out.name))
+        if staging.exists():  # left by a killed --overwrite run (we hold the folder's lock, so nobody else stages)
+            shutil.rmtree(staging, ignore_errors=True)
+        existing = [n for n in os.listdir(self.out) if n != OWNER_FILE]
+        self.replacing = bool(existing) and overwrite and not resume
+        self.dir = self.out
+        if self.replacing:
+            staging.mkdir()
+            self.dir = staging
+            _claim(self._stack.enter_context(_locked(staging / OWNER_FILE)), config)
+        elif resume:
+            with contextlib.suppress(FileNotFoundError):
+                (self.out / SUMMARY_FILE).unlink()  # a resumed run is incomplete until it finishes again
+        elif existing:
+            # an incomplete run (a complete one was refused, or is replaced): nothing finished is lost
+            for name in existing:
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         atomic_write_json(self.dir / CONFIG_FILE, _clean(config))
-        self._log = open(log, "a", encoding="utf-8")
+        self._log = open(self.dir / LOG_FILE, "a", encoding="utf-8")
 
     def log(self, record: dict) -> None:
         """Append one record and flush it, so a kill loses at most the line being written."""
@@ -84,23 +258,40 @@ class RunWriter:
         self._log.write(lines)
         self._log.flush()
 
-    def truncate(self, keep: Callable[[dict], bool]) -> None:
-        """Keep only the records for which `keep` is true (resume after a checkpoint)."""
+    def truncate(self, keep: Callable[[dict], bool]) -> list[dict]:
+        """Keep only the records for which `keep` is true (resume after a checkpoint); returns them."""
         self._log.close()
         kept = [r for r in read_records(self.dir / LOG_FILE) if keep(r)]
         atomic_write_text(self.dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in kept))
         self._log = open(self.dir / LOG_FILE, "a", encoding="utf-8")
+        return kept
 
     def finish(self, summary: dict) -> None:
-        """Write ``summary.json`` atomically; from now on the run reads as complete."""
+        """Write ``summary.json`` atomically; from now on the run reads as complete (and replaces the old one)."""
         self._log.flush()
         os.fsync(self._log.fileno())
         self._log.close()
         atomic_write_json(self.dir / SUMMARY_FILE, _clean({**summary, "status": "complete"}))
+        if self.replacing:
+            _exchange(self.dir, self.out)  # the old run now sits in the staging folder
+            _fsync_dir(self.out.parent)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = self.out
+        self.finished = True
+        self._stack.close()
+
+    def _abandon(self) -> None:
+        """Let go of the folder; an unfinished replacement is thrown away, leaving the old run as it was."""
+        if self._log is not None and not self._log.closed:
+            self._log.close()
+        if getattr(self, "replacing", False) and not self.finished:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = self.out
+        self._stack.close()
 
     def close(self) -> None:
-        if not self._log.closed:
-            self._log.close()
+        if not self.finished:
+            self._abandon()
 
     def __enter__(self) -> RunWriter:
         return self

@@ -257,7 +257,7 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, base, er_sets, out: Path, o
         c = cells[h]
         state = {"weight": p.W[h].T.unsqueeze(0).cpu().contiguous(), "bias": p.b[h].unsqueeze(0).cpu().contiguous(),
                  "heads": [heads[h]["head"]], "lr": torch.tensor([c.lr]), "seed": torch.tensor([c.seed])}
-        write_heads(cell_dir(out, c), state, tr.classes)
+        write_heads(writers[h].dir, state, tr.classes)  # a replacing writer builds its run in a staging folder
         summary = {"solver": "sgd", "id_set": inputs.id_set.name, "ood": [o.name for o in inputs.ood],
                    "baseline": options["baseline"], "n_train": int(len(rows[h])), "elapsed_s": round(time.time() - t_start, 3),
                    "cell": c.spec(), "heads": summarise_heads(records[h], [heads[h]["head"]])}

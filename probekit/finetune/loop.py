@@ -252,6 +252,10 @@ class _Run:
         from probekit.datasets import create_dataset
 
         self.cfg, self.dist, self.device = cfg, dist, device
+        if dist.is_main:
+            from probekit.runlog import check_out
+
+            check_out(cfg.out, overwrite=cfg.overwrite, resume=cfg.resume)  # before models and data are built
         if cfg.eval_every is not None and cfg.eval_every < 1:
             raise UserError(f"--eval-every must be a positive number of steps, got {cfg.eval_every}")
         if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -355,8 +359,7 @@ class _Run:
         writer = None
         if self.dist.is_main:
             writer = RunWriter(cfg.out, {**self.config, "run": self.run_info}, resume=cfg.resume, overwrite=cfg.overwrite)
-            if cfg.overwrite and exists and not cfg.resume:
-                self.ckpt.unlink()
+            self.ckpt = checkpoint_path(writer.dir)  # a replacing run checkpoints in its own (staging) folder
         ddp.barrier(self.dist)
         if state is None:
             if writer is not None and cfg.resume:
@@ -520,6 +523,9 @@ class _Run:
                     self.saver.wait()
                     signum = stop.signum or signal.SIGTERM
                     name = signal.Signals(signum).name
+                    if writer is not None and writer.replacing:  # the unfinished replacement is discarded
+                        raise Stopped(f"stopped by {name} after step {step} of {head}; the previous run in {cfg.out} "
+                                      f"is kept as it was; rerun the same command (with --overwrite) to replace it", signum)
                     raise Stopped(f"stopped by {name} after step {step} of {head}; checkpoint saved to {self.ckpt}; "
                                   f"rerun the same command with --resume to continue", signum)
         self.saver.wait()  # the last checkpoint is on disk before the run moves on or finishes

@@ -316,8 +316,8 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         lrs = check_positive_list(lrs, "--lr")
     else:
         l2_grid = check_positive_list(DEFAULT_L2_GRID if l2_grid is None else l2_grid, "--l2-grid")
-    if out is not None and runlog.is_complete(out) and not overwrite:
-        raise UserError(f"run folder {out} already holds a complete run; pass --overwrite or choose another --out")
+    if out is not None:
+        runlog.check_out(out, overwrite=overwrite, cache_dir=cache_dir)  # before any work: a bad --out loses nothing
     dev = resolve_device(device)
 
     # -- features ------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     config |= extra_config or {}
 
     # -- the run -------------------------------------------------------------------------
-    writer = runlog.RunWriter(out, config, overwrite=overwrite) if out is not None else None
+    writer = runlog.RunWriter(out, config, overwrite=overwrite, cache_dir=cache_dir) if out is not None else None
     records: list[dict] = []
     preds: dict[str, list] = {o.name: [] for o in oods} if save_predictions else {}
     pred_steps: list[int] = []
@@ -456,7 +456,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                      "chosen_l2": float(est.chosen_l2_), "path_weight": torch.from_numpy(est.path_coef_).contiguous(),
                      "path_bias": torch.from_numpy(est.path_intercept_).contiguous(), "path_l2": torch.tensor(est.l2_grid_),
                      "heads": [l2_id(v) for v in est.l2_grid_]}
-        write_heads(out, state, tr.classes)
+        write_heads(writer.dir, state, tr.classes)
         if save_predictions and oods:
             if solver == "lbfgs":  # final prediction of every λ (and the refit), one "step" = -1 (end of each solve)
                 Ws = torch.from_numpy(est.path_coef_).transpose(1, 2).contiguous().to(dev)
@@ -478,6 +478,6 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                 arrays[o.name + "__index"] = o.index[scored_rows[o.name]].astype(np.int64)
             buf = io.BytesIO()
             np.savez(buf, **arrays)
-            atomic_write_bytes(Path(out) / "predictions.npz", buf.getvalue())
+            atomic_write_bytes(writer.dir / "predictions.npz", buf.getvalue())
         writer.finish(summary)
     return TrainHeadResult(est, Path(out) if out is not None else None, summary, records)

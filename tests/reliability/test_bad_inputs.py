@@ -167,6 +167,7 @@ def build_world(root: Path, ref_train_path: Path, ref_test_path: Path) -> Path:
     (root / "pct.csv").write_text("model,id,ood\na,55,40\nb,60,45\nc,70,55\n")
     (root / "wrong_schema.csv").write_text("name,top1,top1_shift\na,0.5,0.4\nb,0.6,0.5\nc,0.7,0.6\n")
     (root / "wrong_baseline.json").write_text(json.dumps({"fits": {}}))
+    runlog.RunWriter(root / "otherrun", {"mode": "finetune", "model": "resnet18"}).close()  # a killed run of another config
     save_checkpoint(checkpoint_path(root / "otherrun"), {"config": json.dumps({"model": "resnet18", "lr": 0.1}), "step": 3})
     for name, complete in (("done_run", True), ("killed_run", False)):
         w = runlog.RunWriter(root / name, {"command": "train-head"})

@@ -75,3 +75,57 @@ def test_the_waiting_process_takes_over_when_the_writer_is_killed(tmp_path, ref_
     assert b.wait(120) == 0, _text(tmp_path, "b")
     assert f"resuming {name} at 8 of 450" in _text(tmp_path, "b")  # A's committed batch is kept
     assert same_features(cache.load_features(store / name), ref_test)
+
+
+# `probekit ...` whose run writer pauses after its first records until HOLD_UNTIL exists (pid in HOLD_MARKER)
+HELD_RUN = r"""
+import os, sys, time
+from probekit import runlog
+log_many, count = runlog.RunWriter.log_many, [0]
+def held(self, records):
+    log_many(self, records)
+    count[0] += 1
+    if count[0] == 1:
+        open(os.environ["HOLD_MARKER"], "w").write(str(os.getpid()))
+        while not os.path.exists(os.environ["HOLD_UNTIL"]):
+            time.sleep(0.02)
+runlog.RunWriter.log_many = held
+from probekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_two_train_heads_into_one_out(tmp_path, feature_store, ref_train, ref_test):
+    """Issue 13 case 1: the second `train-head` into a folder being written is refused with whose run it is,
+    and the first finishes a folder that is entirely its own (config, log, summary, heads)."""
+    import json
+    import subprocess
+    import sys
+
+    import torch
+    from _rel import REPO, child_env, run_cli
+
+    from probekit import runlog
+
+    out = tmp_path / "R"
+    base = ["train-head", "--train", str(feature_store / ref_train.path.name), "--id", str(feature_store / ref_test.path.name),
+            "--batch-size", "256", "--out", str(out), "--no-progress"]
+    marker, release = tmp_path / "held", tmp_path / "release"
+    a = subprocess.Popen([sys.executable, "-c", HELD_RUN, *base, "--epochs", "40", "--lr", "0.01"], cwd=REPO, text=True,
+                         env=child_env(HOLD_MARKER=str(marker), HOLD_UNTIL=str(release)), **_files(tmp_path, "a"))
+    try:
+        assert wait_for(marker.exists, a, timeout=120), _text(tmp_path, "a")
+        for extra in ([], ["--overwrite"]):
+            b = run_cli([*base, "--epochs", "3", "--lr", "0.1", *extra])
+            lines = b.stderr.strip().splitlines()
+            assert b.returncode == 2 and len(lines) == 1, b.stderr
+            assert f"run folder {out} is being written by another probekit run (pid {a.pid} on " in lines[0]
+            assert "train-head" in lines[0] and "--lr 0.01" in lines[0] and "started" in lines[0]
+    finally:
+        release.touch()
+    assert a.wait(120) == 0, _text(tmp_path, "a")
+    run = runlog.read_run(out)
+    assert run.complete and run.config["lrs"] == [0.01] and run.config["epochs"] == 40
+    assert {r["lr"] for r in run.records} == {0.01} and run.summary["heads"].keys() == {"lr=0.01,seed=0"}
+    assert torch.load(out / "heads.pt", weights_only=True)["lr"].tolist() == pytest.approx([0.01])
+    assert json.loads((out / runlog.OWNER_FILE).read_text())["pid"] == a.pid

@@ -486,6 +486,45 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32, verify: b
                       index=index.astype(np.int64, copy=False), attrs=attrs, path=path, name=name)
 
 
+# what makes features of one run comparable: the same network, weights, preprocessing, layer and arithmetic
+SOURCE_FIELDS = ("backbone", "weight_id", "transform_id", "feature_kind", "precision")
+# what config.json records of every input, read off the file (never the command line's defaults)
+PROVENANCE_FIELDS = ("backbone", "weights", "weight_id", "image_size", "input_size", "transform_id", "feature_kind",
+                     "feature", "precision", "dtype", "dataset", "split", "key")
+
+
+def provenance(fs: FeatureSet) -> dict:
+    """Where a feature set came from, from its file's attributes (plus its path)."""
+    out = {k: fs.attrs.get(k) for k in PROVENANCE_FIELDS if fs.attrs.get(k) not in (None, "")}
+    return {"path": str(fs.path) if fs.path else None, **out}
+
+
+def check_same_source(sets: Sequence[tuple[str, FeatureSet]], *, allow_mixed: bool = False) -> list[dict]:
+    """Refuse feature sets of one run that were not extracted the same way (UserError naming both files and the field).
+
+    `sets`: ``(role, FeatureSet)`` pairs, the reference first (train). Every set must share its
+    `SOURCE_FIELDS` attributes (fields a file lacks are not compared). With `allow_mixed` the
+    differences are returned instead (``{"role", "path", "field", "value", "reference"}``), for
+    a deliberate comparison recorded in the run's config.
+    """
+    if not sets:
+        return []
+    ref_role, ref = sets[0]
+    found = []
+    for role, fs in sets[1:]:
+        for key in SOURCE_FIELDS:
+            a, b = ref.attrs.get(key), fs.attrs.get(key)
+            if a in (None, "") or b in (None, "") or str(a) == str(b):
+                continue
+            if not allow_mixed:
+                raise UserError(f"{role} features {fs.path or fs.name} and {ref_role} features {ref.path or ref.name} differ in "
+                                f"{key} ({b} vs {a}): they come from different extractions and are not comparable; extract "
+                                f"them with the same --model / --weights / --image-size / --feature / --precision, or pass "
+                                f"--allow-mixed-features to compare them deliberately")
+            found.append({"role": role, "path": str(fs.path) if fs.path else fs.name, "field": key, "value": b, "reference": a})
+    return found
+
+
 def _complete_attrs_or_none(path: Path) -> dict | None:
     try:
         attrs = read_attrs(path)

@@ -35,6 +35,15 @@ DTYPES = ("float32", "float16")
 COMMIT_ROWS_ENV = "PROBEKIT_COMMIT_ROWS"  # test knob: commit every N images, to make kill tests cheap
 
 
+class NonFiniteFeatures(UserError):
+    """The backbone produced NaN / Inf features; the entry is abandoned (the same command would reproduce them)."""
+
+    def __init__(self, count: int, first_index: int):
+        self.count, self.first_index = count, first_index
+        super().__init__(f"the backbone produced {count} NaN/Inf feature values (first at image {first_index}); "
+                         "nothing was stored; check the weights, or use --precision fp32")
+
+
 class Stopped(Exception):
     """SIGTERM / Ctrl-C stopped the extract after a whole batch; committed rows are kept."""
 
@@ -234,6 +243,9 @@ class _Writer(threading.Thread):
                 if event is not None:
                     event.synchronize()
                 feats = out.numpy() if out is not None else np.zeros((0, self.writer.dim), np.float32)
+                finite = np.isfinite(feats)
+                if not finite.all():  # never stored: a complete entry must hold usable features
+                    raise NonFiniteFeatures(int((~finite).sum()), int(index[np.flatnonzero(~finite.all(1))[0]]))
                 self.writer.append(feats, labels, index, positions=positions, skipped=skipped)
                 pending += positions
                 if pending >= self.commit_rows or time.monotonic() - last >= self.commit_seconds:
@@ -462,6 +474,17 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
                     raise Stopped(f"stopped by {e} after {writer.committed_positions} of {n} images of {p.path.name}; "
                                   f"committed rows are kept, rerun `{p.attrs['extract_command']}` to resume", stop.signum) from None
                 return writer.finish()
+        except NonFiniteFeatures as e:
+            writer.close()
+            with contextlib.suppress(FileNotFoundError):
+                writer.partial_path.unlink()  # its rows are of weights / a precision that cannot give a usable entry
+            cause = ("fp16 overflows for this backbone: extract with --precision bf16 or fp32" if precision == "fp16" else
+                     "the weights hold NaN/Inf or overflow on these images: check or replace the weights file (or pass other --weights)"
+                     if str(weights) not in ("default", "none") else
+                     "the network overflows on these images in this precision: extract with --precision fp32")
+            raise UserError(f"{p.backbone.name} (weights {weights}, {p.backbone.weight_id}) produced {e.count} NaN/Inf feature "
+                            f"values on {dataset}:{split} (first at image {e.first_index}); the entry was not stored, since the "
+                            f"same command would produce them again; {cause}") from None
         except (OSError, RuntimeError) as e:  # HDF5 reports a failed write as RuntimeError("... errno = 28 ...")
             if _disk_full(e):
                 raise UserError(f"no space left on the device holding the feature store {folder} ({writer.committed_positions} of "

@@ -247,3 +247,19 @@ def test_bf16_autocast_and_float16_storage_are_their_own_entries(reference, weig
     np.testing.assert_allclose(half.features, reference.features, atol=2e-3 * scale, rtol=1e-2)
     with pytest.raises(UserError, match="unknown precision"):
         E.extract(MODEL, "digits", "test", precision="int8", **kw)
+
+
+def test_non_finite_features_are_never_stored(weights, tmp_path, capsys):
+    """Issue 13 case 6: NaN weights give no "complete" entry of NaN features, and the advice is not to rerun the same."""
+    state = torch.load(weights, weights_only=True)
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)  # a conv kernel
+    state[name] = torch.full_like(state[name], float("nan"))
+    bad = tmp_path / "nan.pth"
+    torch.save(state, bad)
+    store = tmp_path / "c"
+    assert main(_args(bad, store)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("probekit: error:"), err
+    assert "NaN/Inf feature values on digits:test" in err[0] and "not stored" in err[0] and "weights" in err[0]
+    assert "rerun" not in err[0] and "resume" not in err[0]
+    assert list(store.iterdir()) == [] or all(p.suffix == ".lock" for p in store.iterdir())  # no entry, no partial

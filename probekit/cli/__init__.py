@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -37,7 +38,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLines(logging.StreamHandler):
+    """One ``probekit: warning: ...`` line per record, on the sys.stderr of the moment (tests redirect it)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"probekit: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _show_library_warnings() -> None:
+    """Library warnings (`logging` under ``probekit``) as one ``probekit: warning: ...`` line each on stderr."""
+    logger = logging.getLogger("probekit")
+    if not any(isinstance(h, _StderrLines) for h in logger.handlers):
+        handler = _StderrLines()
+        handler.setLevel(logging.WARNING)
+        logger.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _show_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

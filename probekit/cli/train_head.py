@@ -30,10 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0)")
     p.add_argument("--cscores", default=None, help="C-score .npz file for --subset cscore=...")
     p.add_argument("--out", required=True, help="run folder (log.jsonl, summary.json, config.json, heads.pt)")
-    p.add_argument("--overwrite", action="store_true", help="replace a complete run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out (all its files, when the new run finishes)")
     p.add_argument("--save-predictions", action="store_true", help="also write per-example OOD predictions (predictions.npz)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N optimiser steps / L-BFGS iterations (default 1; 0 = only start and end)")
     p.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32", help="keep features in memory as float16 to halve memory (compute stays float32)")
+    p.add_argument("--allow-mixed-features", action="store_true", help="accept feature sets from different extractions (other "
+                   "weights, image size, feature kind or precision) for a deliberate comparison; recorded in config.json")
     _common.add_cache_dir(p)
     _common.add_device(p)
     _common.add_sgd_options(p)
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                      lrs=args.lr, seeds=args.seeds, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
                      weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid,
                      val_fraction=args.val_fraction, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
-                     warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, init=init, extra_config=init_config)
+                     warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, init=init, extra_config=init_config,
+                     allow_mixed_features=args.allow_mixed_features)
     s = res.summary
     if s["solver"] == "lbfgs":
         h = s["heads"].get(s["chosen_head"], {})

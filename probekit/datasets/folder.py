@@ -8,6 +8,7 @@ recursively inside each class folder, by extension, in sorted order.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from probekit.datasets.base import FileDataset, class_names_space
 from probekit.datasets.images import is_image_file
 from probekit.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def list_class_folders(root: Path) -> list[str]:
@@ -65,5 +68,10 @@ class FolderDataset(FileDataset):
         if not paths:
             raise UserError(f"folder dataset {tree} has {len(classes)} class folders but no image files "
                             f"(looked for .jpg .png .bmp .tif .webp ...)")
+        empty = sorted(set(classes) - {classes[t] for t in set(targets)})
+        if empty:  # kept as classes (labels stay those of the sorted folder names) but nothing to learn or score
+            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            log.warning(f"folder dataset {tree}: {len(empty)} of {len(classes)} class folders hold no images ({shown}); "
+                        "they stay classes without examples")
         super().__init__(name=f"folder:{tree}", split=split, paths=paths, targets=targets, classes=classes,
                          label_space=class_names_space("folder", classes), root=str(tree), transform=transform)

@@ -12,6 +12,7 @@ C-scores are from Jiang et al. 2020 (`load_cscores`). Every selector returns sor
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -20,7 +21,17 @@ import numpy as np
 
 from probekit.errors import UserError
 
+log = logging.getLogger(__name__)
 SPEC_HELP = ("per-class=N, classes=K, classes=K,per-class=N, or cscore=easiest:N|hardest:N|random:N")
+
+
+def warn_if_one_class(labels, what: str) -> bool:
+    """Warn when the training rows hold a single class: every head then learns to predict it (a run, but a useless one)."""
+    present = np.unique(np.asarray(labels))
+    if len(present) == 1:
+        log.warning(f"{what} holds only class {int(present[0])} ({len(labels)} rows): every head will learn to predict "
+                    "that class; check the data or --subset")
+    return len(present) == 1
 
 
 def _positive_int(key: str, text: str, spec: str) -> int:

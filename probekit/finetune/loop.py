@@ -234,16 +234,20 @@ def _training_rows(train_set, cfg: FinetuneConfig):
     """The training set itself, or its class-balanced `--subset` (data-size and C-score ablations)."""
     if cfg.cscores and not cfg.subset:
         raise UserError("--cscores is only used with --subset cscore=...; add a --subset or drop --cscores")
+    from probekit.datasets.subsets import load_cscores, parse_subset_spec, select_subset, warn_if_one_class
+
     if not cfg.subset:
+        warn_if_one_class(train_set.targets, f"the training set {cfg.train}")
         return train_set
-    from probekit.datasets.subsets import load_cscores, parse_subset_spec, select_subset
 
     if "classes" in parse_subset_spec(cfg.subset):
         raise UserError(f"--subset {cfg.subset}: the class-diversity ablation runs on cached features with "
                         "`probekit train-head --subset classes=K`; finetune takes per-class= and cscore= subsets")
     targets = np.asarray(train_set.targets)
     cscores = load_cscores(cfg.cscores, targets) if cfg.cscores else None
-    return RowView(train_set, select_subset(targets, cfg.subset, seed=cfg.subset_seed, cscores=cscores))
+    rows = select_subset(targets, cfg.subset, seed=cfg.subset_seed, cscores=cscores)
+    warn_if_one_class(targets[rows], f"the training set {cfg.train} (--subset {cfg.subset})")
+    return RowView(train_set, rows)
 
 
 class _Run:
@@ -295,9 +299,14 @@ class _Run:
         from probekit.robustness.shifts import check_label_space
 
         ood_sets, shifts = [], {}
+        seen = {f"{id_name}:{id_split}": "the ID test set"}
         for spec in cfg.ood:
             o_name, o_split = _split(spec, "test")
             name = f"{o_name}:{o_split}"
+            if name in seen:
+                raise UserError(f"--ood {spec} is {seen[name]} ({name}); OOD sets must be other datasets or splits "
+                                "than the ID test set and each other")
+            seen[name] = "given twice"
             ds = create_dataset(o_name, o_split, root=cfg.data_root, transform=eval_tf)
             shift = check_label_space(self.train_set.label_space, num_classes, name, ds.label_space, len(ds.classes))
             if shift is None:

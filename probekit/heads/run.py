@@ -50,7 +50,8 @@ def _where(fs) -> str:
 def _check_finite(fs, role: str) -> None:
     bad = int((~np.isfinite(fs.features)).sum())
     if bad:
-        raise UserError(f"{role} features {_where(fs)} hold {bad} NaN/Inf values; delete the file and re-extract it")
+        raise UserError(f"{role} features {_where(fs)} hold {bad} NaN/Inf values, so no head can be trained or scored on them; "
+                        f"extract them again (extraction now refuses weights or a precision that produce NaN/Inf, and says which)")
 
 
 def _parse_val(val, train_spec) -> tuple[Any, float | None]:
@@ -110,6 +111,7 @@ class RunInputs:
     id_set: Any
     ood: list
     shifts: dict  # OOD set name -> ClassSubsetShift or None
+    mixed: list = field(default_factory=list)  # differences in extraction allowed by --allow-mixed-features
 
     @property
     def num_classes(self) -> int:
@@ -121,11 +123,14 @@ class RunInputs:
 
 
 def load_inputs(train, id_set, ood: Sequence = (), *, val=None, val_fraction: float | None = None, model: str | None = None,
-                cache_dir=None, weights: str = "default", image_size: int | None = None, feature: str | None = None) -> RunInputs:
+                cache_dir=None, weights: str = "default", image_size: int | None = None, feature: str | None = None,
+                allow_mixed_features: bool = False) -> RunInputs:
     """Load train / validation / ID / OOD features (names, paths or FeatureSets) and refuse sets that do not fit.
 
-    Checks NaN, feature dimensions, label spaces and class-subset shifts, so a bad command fails
-    before any run folder is touched. `train_head` and `probekit ablate` both start here."""
+    Checks that every set comes from the same extraction (backbone, weights, transform, feature
+    kind, precision; `allow_mixed_features` records differences instead), then NaN, feature
+    dimensions, label spaces and class-subset shifts, so a bad command fails before any run
+    folder is touched. `train_head` and `probekit ablate` both start here."""
     find_kw = {k: v for k, v in (("weights", weights), ("image_size", image_size), ("feature", feature)) if v not in (None, "default")}
     load = lambda spec, role: _load(spec, model=model, cache_dir=cache_dir, find_kw=find_kw, role=role)  # noqa: E731
     tr = load(train, "train")
@@ -138,6 +143,9 @@ def load_inputs(train, id_set, ood: Sequence = (), *, val=None, val_fraction: fl
     if len(set(names)) != len(names):
         raise UserError(f"the ID and OOD sets must differ, got {', '.join(names)}")
     roles = [("train", tr)] + ([("validation", va)] if va is not None else []) + [("ID", te)] + [("OOD", o) for o in oods]
+    from probekit.cache import check_same_source
+
+    mixed = check_same_source(roles, allow_mixed=allow_mixed_features)
     for role, fs in roles:
         _check_finite(fs, role)
         if fs.features.shape[1] != tr.features.shape[1]:
@@ -162,7 +170,7 @@ def load_inputs(train, id_set, ood: Sequence = (), *, val=None, val_fraction: fl
             shifts[o.name] = check_label_space(space, C, o.name, o.attrs.get("label_space"), o.num_classes)
         except UserError as e:
             raise UserError(f"{e} (train {_where(tr)}, OOD {_where(o)})") from None
-    return RunInputs(tr, va, frac, te, oods, shifts)
+    return RunInputs(tr, va, frac, te, oods, shifts, mixed)
 
 
 def resolve_baseline(baseline, oods: Sequence) -> tuple[Any, list[str]]:
@@ -291,7 +299,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                head_init: str = "uniform", l2_grid: Sequence[float] | None = None, val_fraction: float | None = None,
                val_seed: int = 0, refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
                lbfgs_dtype: str = "float64", init=None, extra_config: dict | None = None,
-               record_extra: dict | None = None) -> TrainHeadResult:
+               record_extra: dict | None = None, allow_mixed_features: bool = False) -> TrainHeadResult:
     """Train heads on cached features and log acc_id / acc_ood / ER at every evaluation.
 
     `train`, `id_set`, `ood`, `val`: ``dataset:split`` names (found in the cache for `model`),
@@ -299,6 +307,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     held-out share of train, like `val_fraction`). `baseline`: a named baseline or a fit file.
     `init=(coef [C, D], intercept [C])` starts every head from given weights (zero-shot hook).
     `extra_config` / `record_extra` are added to config.json / every record (an ablation's cell).
+    Feature sets from different extractions are refused unless `allow_mixed_features`.
     Returns a `TrainHeadResult`; with `out`, the run folder holds log.jsonl, summary.json,
     config.json, heads.pt and (on request) predictions.npz.
     """
@@ -314,15 +323,22 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         raise unknown_name("solver", str(solver), SOLVERS)
     if solver == "sgd":
         lrs = check_positive_list(lrs, "--lr")
+        unused = [flag for flag, given in (("--l2-grid", l2_grid is not None), ("--refit", refit), ("--val", val is not None),
+                                           ("--val-fraction", val_fraction is not None)) if given]
+        if unused:
+            raise UserError(f"{', '.join(unused)} {'is an option' if len(unused) == 1 else 'are options'} of the L-BFGS sweep, "
+                            "which --solver sgd does not use; pass --solver lbfgs or drop them")
     else:
         l2_grid = check_positive_list(DEFAULT_L2_GRID if l2_grid is None else l2_grid, "--l2-grid")
+    if val is not None and val_fraction is not None:
+        raise UserError(f"--val {val} and --val-fraction {val_fraction} both name the validation data; pass one of them")
     if out is not None:
         runlog.check_out(out, overwrite=overwrite, cache_dir=cache_dir)  # before any work: a bad --out loses nothing
     dev = resolve_device(device)
 
     # -- features ------------------------------------------------------------------------
     inputs = load_inputs(train, id_set, ood, val=val, val_fraction=val_fraction, model=model, cache_dir=cache_dir,
-                         weights=weights, image_size=image_size, feature=feature)
+                         weights=weights, image_size=image_size, feature=feature, allow_mixed_features=allow_mixed_features)
     tr, va, frac, te, oods, shifts = inputs.train, inputs.val, inputs.val_fraction, inputs.id_set, inputs.ood, inputs.shifts
     C, space = inputs.num_classes, inputs.label_space
 
@@ -339,6 +355,9 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         X, y = X[rows], y[rows]
     elif cscores:
         raise UserError("--cscores is only used with --subset cscore=...; add a --subset or drop --cscores")
+    from probekit.datasets.subsets import warn_if_one_class
+
+    warn_if_one_class(y, f"the training set {tr.name}" + (f" (--subset {subset})" if subset else ""))
 
     # -- baseline ------------------------------------------------------------------------
     base, er_sets = resolve_baseline(baseline, oods)
@@ -363,14 +382,26 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     views = eval_views(te, oods, shifts, kept, dev, storage_dtype)
     sets, id_subset, scored_rows = views.sets, views.id_subset, views.scored_rows
 
+    n_val = 0  # training rows the L-BFGS sweep holds out to choose λ on (they train no head but the refit)
+    if solver == "lbfgs" and va is None and frac:
+        from probekit.heads.lbfgs import stratified_split
+
+        n_val = len(stratified_split(y, float(frac), val_seed)[1])
+    from probekit.cache import provenance
+
     config = {
-        "command": "train-head", "solver": solver, "model": model, "weights": weights, "image_size": image_size, "feature": feature,
+        "command": "train-head", "solver": solver, "model": model or tr.attrs.get("backbone"),
+        # what the features were made with, read off the train file (the others match it, or see "mixed_features")
+        "weights": tr.attrs.get("weights") or None, "image_size": tr.attrs.get("image_size") or tr.attrs.get("input_size") or None,
+        "feature": tr.attrs.get("feature") or tr.attrs.get("feature_kind") or None,
         "train": tr.name, "val": va.name if va is not None else None, "val_fraction": frac if va is None else None,
         "id_set": te.name, "ood": [o.name for o in oods],
-        "feature_files": {role: str(fs.path) if fs.path else None for role, fs in [("train", tr), ("val", va), ("id", te)] if fs is not None}
-        | {f"ood:{o.name}": str(o.path) if o.path else None for o in oods},
+        "inputs": {role: provenance(fs) for role, fs in [("train", tr), ("val", va), ("id", te)] if fs is not None}
+        | {f"ood:{o.name}": provenance(o) for o in oods},
+        "allow_mixed_features": allow_mixed_features, "mixed_features": inputs.mixed,
         "backbone": tr.attrs.get("backbone"), "weight_id": tr.attrs.get("weight_id"), "label_space": space, "num_classes": C,
-        "feature_dim": int(X.shape[1]), "n_train": int(len(y)), "n_train_total": int(len(tr.labels)),
+        "feature_dim": int(X.shape[1]), "n_train": int(len(y)) - n_val, "n_val": n_val or (len(va.labels) if va is not None else 0),
+        "n_train_total": int(len(tr.labels)),
         "subset": subset, "subset_seed": subset_seed if subset else None,
         "scored_classes": kept.tolist() if kept is not None else None, "cscores": str(cscores) if cscores else None,
         "baseline": (base.name if base is not None else None), "baseline_fit": (base.to_json() if base is not None and hasattr(base, "to_json") else None),
@@ -436,7 +467,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     # -- outputs -------------------------------------------------------------------------
     head_ids = list(dict.fromkeys(r["head"] for r in records)) or ([h["head"] for h in heads] if solver == "sgd" else [])
     summary = {"solver": solver, "id_set": te.name, "ood": [o.name for o in oods], "baseline": config["baseline"],
-               "n_train": int(len(y)), "elapsed_s": round(time.time() - t_start, 3), "heads": summarise_heads(records, head_ids)}
+               "n_train": config["n_train"], "elapsed_s": round(time.time() - t_start, 3), "heads": summarise_heads(records, head_ids)}
     if solver == "lbfgs":
         summary |= {"chosen_l2": est.chosen_l2_, "chosen_head": l2_id(est.chosen_l2_, bool(refit and getattr(est, "refit_n_iter_", None) is not None)),
                     "val_scores": {l2_id(k): v for k, v in est.val_scores_.items()},

@@ -88,7 +88,24 @@ CASES = [
     ("files of the wrong kind", "not a run folder", ["plot", "empty", "--format", "png"], "not a probekit run folder"),
     ("files of the wrong kind", "incomplete (killed) run to fit a baseline on", ["baseline", "fit", "--runs", "killed_run", "killed_run", "killed_run"], "incomplete"),
     ("files of the wrong kind", "a complete run folder as --out", [*TH[:-3], "--out", "done_run", "--no-progress"], "--overwrite"),
+    ("files of the wrong kind", "a folder as a feature file", [*TH[:2], "store/", *TH[3:]], "is a folder"),
+    ("files of the wrong kind", "an empty cache entry name", ["cache", "info", "", "--cache-dir", "store"], "empty name"),
+    ("run folders", "a folder of the user's own files as --out", [*TH[:-3], "--out", "mine", "--no-progress"], "did not write"),
+    ("run folders", "a user's files in a run folder with --overwrite", [*TH[:-3], "--out", "done_mixed", "--overwrite", "--no-progress"],
+     "notes.txt"),
+    ("run folders", "--out inside the feature store", [*TH[:-3], "--out", "store/run", "--cache-dir", "store", "--no-progress"],
+     "feature store"),
+    ("mixed inputs", "ID features from other weights", [*TH[:4], "store/otherweights.h5", *TH[5:]], "weight_id"),
+    ("mixed inputs", "OOD features at another image size", [*TH, "--ood", "store/size24.h5"], "transform_id"),
+    ("mixed inputs", "finetune OOD set equal to the ID set", [*FT, "--ood", "digits:test", "--out", "ft"], "ID test set"),
+    ("hyper-parameters", "a seed given twice", [*TH, "--seeds", "0", "0"], "repeats"),
+    ("hyper-parameters", "a learning rate given twice", [*TH, "--lr", "0.1", "0.1"], "repeats"),
+    ("hyper-parameters", "L-BFGS options under --solver sgd", [*TH, "--l2-grid", "1", "--refit"], "--solver lbfgs"),
+    ("hyper-parameters", "--val together with --val-fraction", [*TH, "--solver", "lbfgs", "--val", TEST, "--val-fraction", "0.2"],
+     "one of them"),
 ]
+_GROUPS = list(dict.fromkeys(g for g, *_ in CASES))
+CASES.sort(key=lambda c: _GROUPS.index(c[0]))  # one section per group on the page, cases in the order given
 IDS = [f"{g}: {what}" for g, what, _, _ in CASES]
 
 
@@ -145,6 +162,9 @@ def build_world(root: Path, ref_train_path: Path, ref_test_path: Path) -> Path:
     from probekit.datasets.cifar import CIFAR10_CLASSES
 
     _rewrite(store / "test.h5", store / "cifar_space.h5", attrs={"label_space": "cifar10", "classes": CIFAR10_CLASSES})
+    _rewrite(store / "test.h5", store / "otherweights.h5", attrs={"weight_id": "random-init:seed=1", "weights": "none"})
+    _rewrite(store / "test.h5", store / "size24.h5", attrs={"dataset": "mnist5k", "image_size": 24,
+                                                           "transform_id": "resize=24,crop=24,bilinear,mean=0.5,std=0.5"})
     shutil.copy(store / "test.h5", store / "altered.h5")
     with h5py.File(store / "altered.h5", "r+") as f:
         f["features"][0, 0] += 1
@@ -169,12 +189,15 @@ def build_world(root: Path, ref_train_path: Path, ref_test_path: Path) -> Path:
     (root / "wrong_baseline.json").write_text(json.dumps({"fits": {}}))
     runlog.RunWriter(root / "otherrun", {"mode": "finetune", "model": "resnet18"}).close()  # a killed run of another config
     save_checkpoint(checkpoint_path(root / "otherrun"), {"config": json.dumps({"model": "resnet18", "lr": 0.1}), "step": 3})
-    for name, complete in (("done_run", True), ("killed_run", False)):
+    (root / "mine").mkdir()
+    (root / "mine" / "config.json").write_text('{"my": "own config"}\n')
+    for name, complete in (("done_run", True), ("killed_run", False), ("done_mixed", True)):
         w = runlog.RunWriter(root / name, {"command": "train-head"})
         w.log({"step": 0, "epoch": 0, "head": "lr=0.1,seed=0", "loss": 1.0, "acc_id": 0.5, "acc_ood": {"x:test": 0.4}})
         if complete:
             w.finish({})
         w.close()
+    (root / "done_mixed" / "notes.txt").write_text("my notes on this run\n")
     return root
 
 

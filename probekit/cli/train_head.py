@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cscores", default=None, help="C-score .npz file for --subset cscore=...")
     p.add_argument("--out", required=True, help="run folder (log.jsonl, summary.json, config.json, heads.pt)")
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out (all its files, when the new run finishes)")
+    p.add_argument("--resume", action="store_true", help="continue the stopped or killed SGD run in --out from its last checkpoint")
     p.add_argument("--save-predictions", action="store_true", help="also write per-example OOD predictions (predictions.npz)")
     p.add_argument("--eval-every", type=int, default=1, help="evaluate every N optimiser steps / L-BFGS iterations (default 1; 0 = only start and end)")
     p.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32", help="keep features in memory as float16 to halve memory (compute stays float32)")
@@ -51,22 +52,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from probekit.finetune.loop import Stopped
     from probekit.heads.run import train_head
     from probekit.zeroshot.init import resolve_init
 
     train, init, init_config = resolve_init(args.init, args.classes, args.templates, train=args.train, model=args.model,
                                             weights=args.weights, cache_dir=args.cache_dir, device=args.device,
                                             image_size=args.image_size, feature=args.feature)
-    res = train_head(train, args.id_set, args.ood, val=args.val, model=args.model, cache_dir=args.cache_dir,
-                     weights=args.weights, image_size=args.image_size, feature=args.feature, solver=args.solver,
-                     baseline=args.baseline, subset=args.subset, subset_seed=args.subset_seed, cscores=args.cscores,
-                     out=args.out, overwrite=args.overwrite, save_predictions=args.save_predictions, device=args.device,
-                     storage_dtype=args.storage_dtype, eval_every=args.eval_every, progress=not args.no_progress,
-                     lrs=args.lr, seeds=args.seeds, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
-                     weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid,
-                     val_fraction=args.val_fraction, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
-                     warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, init=init, extra_config=init_config,
-                     allow_mixed_features=args.allow_mixed_features)
+    try:
+        res = train_head(train, args.id_set, args.ood, val=args.val, model=args.model, cache_dir=args.cache_dir,
+                         weights=args.weights, image_size=args.image_size, feature=args.feature, solver=args.solver,
+                         baseline=args.baseline, subset=args.subset, subset_seed=args.subset_seed, cscores=args.cscores,
+                         out=args.out, overwrite=args.overwrite, save_predictions=args.save_predictions, device=args.device,
+                         storage_dtype=args.storage_dtype, eval_every=args.eval_every, progress=not args.no_progress,
+                         lrs=args.lr, seeds=args.seeds, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
+                         weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid,
+                         val_fraction=args.val_fraction, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
+                         warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, init=init, extra_config=init_config,
+                         allow_mixed_features=args.allow_mixed_features, resume=args.resume)
+    except Stopped as e:  # SIGTERM / Ctrl-C: exit 128 + signal with what to do next, like extract and finetune
+        print(f"probekit: {e}", file=sys.stderr)
+        return e.exit_code
     s = res.summary
     if s["solver"] == "lbfgs":
         h = s["heads"].get(s["chosen_head"], {})

@@ -47,7 +47,7 @@ def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
     except Exception as e:  # a damaged or foreign file
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it or pass --overwrite to start afresh") from e
     if not isinstance(state, dict) or "config" not in state:
-        raise UserError(f"{path} is not a probekit finetune checkpoint; pass another --out or --overwrite to start afresh")
+        raise UserError(f"{path} is not a probekit checkpoint; pass another --out or --overwrite to start afresh")
     saved = json.loads(state["config"])
     if fingerprint(saved) != fingerprint(config):
         keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))

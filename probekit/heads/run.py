@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -299,7 +300,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                head_init: str = "uniform", l2_grid: Sequence[float] | None = None, val_fraction: float | None = None,
                val_seed: int = 0, refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
                lbfgs_dtype: str = "float64", init=None, extra_config: dict | None = None,
-               record_extra: dict | None = None, allow_mixed_features: bool = False) -> TrainHeadResult:
+               record_extra: dict | None = None, allow_mixed_features: bool = False, resume: bool = False) -> TrainHeadResult:
     """Train heads on cached features and log acc_id / acc_ood / ER at every evaluation.
 
     `train`, `id_set`, `ood`, `val`: ``dataset:split`` names (found in the cache for `model`),
@@ -308,6 +309,9 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     `init=(coef [C, D], intercept [C])` starts every head from given weights (zero-shot hook).
     `extra_config` / `record_extra` are added to config.json / every record (an ablation's cell).
     Feature sets from different extractions are refused unless `allow_mixed_features`.
+    SGD runs with `out` checkpoint as they go (`probekit.heads.resume`); SIGTERM / the first
+    Ctrl-C stops after the current step with a checkpoint (raising `Stopped`), and
+    ``resume=True`` continues a stopped or killed run to the log an uninterrupted run writes.
     Returns a `TrainHeadResult`; with `out`, the run folder holds log.jsonl, summary.json,
     config.json, heads.pt and (on request) predictions.npz.
     """
@@ -330,10 +334,12 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                             "which --solver sgd does not use; pass --solver lbfgs or drop them")
     else:
         l2_grid = check_positive_list(DEFAULT_L2_GRID if l2_grid is None else l2_grid, "--l2-grid")
+    if resume and solver != "sgd":
+        raise UserError("--resume continues SGD runs; an L-BFGS sweep starts over: rerun without --resume")
     if val is not None and val_fraction is not None:
         raise UserError(f"--val {val} and --val-fraction {val_fraction} both name the validation data; pass one of them")
     if out is not None:
-        runlog.check_out(out, overwrite=overwrite, cache_dir=cache_dir)  # before any work: a bad --out loses nothing
+        runlog.check_out(out, overwrite=overwrite, resume=resume, cache_dir=cache_dir)  # before any work: a bad --out loses nothing
     dev = resolve_device(device)
 
     # -- features ------------------------------------------------------------------------
@@ -419,13 +425,21 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     config |= extra_config or {}
 
     # -- the run -------------------------------------------------------------------------
-    writer = runlog.RunWriter(out, config, overwrite=overwrite, cache_dir=cache_dir) if out is not None else None
+    from probekit.heads.resume import Checkpointer, remove_checkpoint, restored_predictions, resume_point
+
+    start = resume_point(out, config, resume=resume, overwrite=overwrite)
+    writer = runlog.RunWriter(out, config, overwrite=overwrite, resume=start is not None, cache_dir=cache_dir) if out is not None else None
     records: list[dict] = []
     preds: dict[str, list] = {o.name: [] for o in oods} if save_predictions else {}
     pred_steps: list[int] = []
+    if start is not None:  # continue where the checkpoint is: the log up to its step, its predictions
+        records = writer.truncate(lambda r: r.get("step", 0) <= start["step"])
+        preds, pred_steps = restored_predictions(start) if save_predictions else (preds, pred_steps)
+    ckpt = Checkpointer(writer.dir, config) if writer is not None and solver == "sgd" else None
     from tqdm import tqdm
 
-    bar = tqdm(disable=not progress, unit="step", desc=f"train-head {solver}", dynamic_ncols=True, leave=False)
+    bar = tqdm(disable=not progress, unit="step", desc=f"train-head {solver}", dynamic_ncols=True, leave=False,
+               initial=start["step"] if start is not None else 0)
 
     def on_eval(p):
         if solver == "sgd":
@@ -446,17 +460,44 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         bar.update(max(0, p.step - bar.n) if solver == "sgd" else 1)
         if solver == "lbfgs":
             bar.set_postfix_str(f"l2={p.extra['l2']:.3g}")
+        if ckpt is not None and ckpt.due():
+            ckpt.save(p.state(), preds, pred_steps)
 
+    import contextlib
+
+    from probekit.finetune.loop import Stopped, _StopRequest
+
+    stop = _StopRequest()  # SGD stops at a step and checkpoints; L-BFGS cannot resume, so Ctrl-C stops it at once
     try:
-        if solver == "sgd":
-            spe = math.ceil(len(y) / min(int(batch_size), len(y)))
-            bar.total = max(1, round(epochs * spe))
-            est.fit(X, y, eval_sets=sets, callback=on_eval)
-        else:
-            if va is not None:
+        with stop if solver == "sgd" else contextlib.nullcontext():
+            if solver == "sgd":
+                spe = math.ceil(len(y) / min(int(batch_size), len(y)))
+                bar.total = max(1, round(epochs * spe))
+                est.fit(X, y, eval_sets=sets, callback=on_eval, resume=start["sgd"] if start is not None else None,
+                        stop=lambda: stop.signum is not None)
+            elif va is not None:
                 est.fit(X, y, va.features, va.labels, eval_sets=sets, callback=on_eval)
             else:
                 est.fit(X, y, eval_sets=sets, callback=on_eval)
+        if solver == "sgd" and est.stopped_:
+            name = signal.Signals(stop.signum).name
+            if ckpt is None:
+                raise Stopped(f"stopped by {name} after step {est.state_['step']}; nothing was saved (no run folder)", stop.signum)
+            ckpt.save(est.state_, preds, pred_steps)
+            if writer.replacing:  # the unfinished replacement is discarded with its checkpoint
+                raise Stopped(f"stopped by {name} after step {est.state_['step']}; the previous run in {out} is kept as it was; "
+                              "rerun the same command (with --overwrite) to replace it", stop.signum)
+            raise Stopped(f"stopped by {name} after step {est.state_['step']} of {est.n_steps_}; checkpoint saved to "
+                          f"{ckpt.path}; rerun the same command with --resume to continue", stop.signum)
+    except KeyboardInterrupt:  # a second Ctrl-C: at once, with what is saved
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if ckpt is not None and not writer.replacing and ckpt.path.exists():
+            raise Stopped(f"interrupted; rerun the same command with --resume to continue from the checkpoint of step "
+                          f"{ckpt.step if ckpt.step is not None else start['step']} in {ckpt.path}", signal.SIGINT) from None
+        raise Stopped("interrupted; nothing can be resumed (no checkpoint yet" + (", and L-BFGS sweeps start over" if solver == "lbfgs"
+                      else "") + "): rerun the same command to start again", signal.SIGINT) from None
     except BaseException:
         bar.close()
         if writer is not None:
@@ -511,4 +552,6 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
             np.savez(buf, **arrays)
             atomic_write_bytes(writer.dir / "predictions.npz", buf.getvalue())
         writer.finish(summary)
+        if ckpt is not None:
+            remove_checkpoint(writer.dir)  # heads.pt holds the heads (after a replacing run's swap, writer.dir is --out)
     return TrainHeadResult(est, Path(out) if out is not None else None, summary, records)

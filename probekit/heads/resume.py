@@ -1,0 +1,89 @@
+"""Checkpoints of a train-head SGD run, so a killed or stopped run continues with ``--resume``.
+
+A checkpoint (``<run>/checkpoints/last.pt``, atomic, ``weights_only``-loadable) holds the
+`SGDHeads` snapshot of one step (weights, momentum buffers, each head's shuffle RNG), the
+saved predictions so far, and the run's configuration fingerprint. It is written at an
+evaluation when `every_s` seconds have passed since the last one (``$PROBEKIT_CHECKPOINT_SECONDS``,
+default 30) and when SIGTERM / Ctrl-C stops the run. Resuming truncates the log to the
+checkpoint's step and trains on from there, so the finished log equals an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from probekit.errors import UserError
+from probekit.finetune.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+
+CHECKPOINT_SECONDS_ENV = "PROBEKIT_CHECKPOINT_SECONDS"
+RUNTIME_FIELDS = ("device", "torch")  # may change between a run and its resume
+
+
+def resumable_config(config: dict) -> dict:
+    """What a resumed run must share with the run it continues (JSON-normalised)."""
+    return json.loads(json.dumps({k: v for k, v in config.items() if k not in RUNTIME_FIELDS}, default=str))
+
+
+def resume_point(out: str | os.PathLike | None, config: dict, *, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint a run in `out` continues from (None: start at step 0), checked before any work.
+
+    Refuses `resume` of a complete run, and an unfinished run's checkpoint without
+    `resume` / `overwrite` (so it is never dropped by accident)."""
+    from probekit.runlog import is_complete
+
+    if out is None:
+        if resume:
+            raise UserError("--resume needs the run folder (--out) of the run to continue")
+        return None
+    path = checkpoint_path(out)
+    if resume and is_complete(out):
+        raise UserError(f"run folder {out} already holds a complete run, so there is nothing to resume; "
+                        "pass --overwrite to train it again")
+    if not path.exists() or overwrite:
+        return None
+    if not resume and not is_complete(out):
+        raise UserError(f"{out} holds the checkpoint of an unfinished run; pass --resume to continue it or --overwrite to start afresh")
+    return load_checkpoint(path, resumable_config(config)) if resume else None
+
+
+class Checkpointer:
+    """Writes the checkpoints of one SGD run into its run folder (see the module doc)."""
+
+    def __init__(self, run_dir: Path, config: dict, every_s: float | None = None):
+        self.path = checkpoint_path(run_dir)
+        self.config = json.dumps(resumable_config(config))
+        self.every_s = float(os.environ.get(CHECKPOINT_SECONDS_ENV, 30)) if every_s is None else float(every_s)
+        self.last = time.monotonic()
+        self.step: int | None = None
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every_s
+
+    def save(self, sgd_state: dict, predictions: dict[str, list], pred_steps: list[int]) -> None:
+        """Checkpoint `sgd_state` (an `SGDHeads` snapshot) with the predictions saved up to its step."""
+        import numpy as np
+        import torch
+
+        preds = {name: torch.from_numpy(np.stack(p)) if p else torch.zeros(0, dtype=torch.int16) for name, p in predictions.items()}
+        save_checkpoint(self.path, {"config": self.config, "step": int(sgd_state["step"]), "sgd": sgd_state,
+                                    "predictions": preds, "pred_steps": list(pred_steps)})
+        self.last, self.step = time.monotonic(), int(sgd_state["step"])
+
+
+
+def remove_checkpoint(run_dir: str | os.PathLike) -> None:
+    """A finished run needs no checkpoint (heads.pt holds its heads)."""
+    shutil.rmtree(Path(run_dir) / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def restored_predictions(state: dict[str, Any]) -> tuple[dict[str, list], list[int]]:
+    """The per-evaluation predictions a checkpoint carries, as train_head keeps them."""
+    preds = {name: [row.numpy() for row in t] for name, t in state.get("predictions", {}).items()}
+    return preds, [int(s) for s in state.get("pred_steps", [])]
+
+

@@ -20,8 +20,10 @@ def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] =
     Feature specs are ``dataset:split`` (looked up for `model` + `weights` in the feature store)
     or paths to feature files. Returns the result whose `record` is the run's only record.
     """
-    from probekit.cache import resolve_features
+    from probekit.cache import check_same_source, provenance, resolve_features
+    from probekit.runlog import check_out
 
+    check_out(out, overwrite=overwrite, cache_dir=cache_dir)  # before minutes of text encoding
     class_list = load_classes(classes, templates)
     kw = {} if str(weights) == "default" else {"weights": str(weights)}
     id_set = resolve_features(id_spec, model=model, cache_dir=cache_dir, **kw)
@@ -29,7 +31,9 @@ def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] =
     names = [fs.name for fs in [id_set, *ood_sets]]
     if len(set(names)) != len(names):
         raise UserError(f"the same set is given twice ({', '.join(names)}); pass each --id / --ood set once")
-    for role, fs in [("ID", id_set)] + [("OOD", fs) for fs in ood_sets]:
+    roles = [("ID", id_set)] + [("OOD", fs) for fs in ood_sets]
+    check_same_source(roles)  # one extraction for all sets: backbone, weights, transform, feature kind, precision
+    for role, fs in roles:
         check_feature_kind(fs, f"{role} set {fs.name}", model)  # fail before minutes of text encoding
     fitted = None
     if baseline:
@@ -37,5 +41,6 @@ def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] =
 
         fitted = load_baseline(baseline, cache_dir=cache_dir)
     head = zero_shot_head(model, class_list, weights=weights, cache_dir=cache_dir, device=device, use_cache=use_text_cache)
-    extra = {"weights": str(weights), "text_cache_hit": head.cache_hit, "baseline_source": getattr(fitted, "source", None)}
+    extra = {"weights": id_set.attrs.get("weights") or str(weights),
+             "inputs": {"id": provenance(id_set)} | {f"ood:{fs.name}": provenance(fs) for fs in ood_sets}, "text_cache_hit": head.cache_hit, "baseline_source": getattr(fitted, "source", None)}
     return write_zero_shot_run(out, head, id_set, ood_sets, baseline=fitted, overwrite=overwrite, config_extra=extra)

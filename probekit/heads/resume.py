@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,24 @@ def restored_predictions(state: dict[str, Any]) -> tuple[dict[str, list], list[i
     return preds, [int(s) for s in state.get("pred_steps", [])]
 
 
+
+
+def stopped(signum: int, est: Any, ckpt: Checkpointer | None, writer: Any, *, resumed_at: int | None = None) -> Exception:
+    """The `Stopped` a signal ends an SGD run with, saying truthfully what can be resumed.
+
+    `est` is the estimator after a step-boundary stop (``est.stopped_``), or None for a run
+    interrupted at once (a second Ctrl-C, or Ctrl-C during an L-BFGS sweep)."""
+    from probekit.finetune.loop import Stopped
+
+    name = signal.Signals(signum).name
+    what = f"stopped by {name} after step {est.state_['step']} of {est.n_steps_}" if est is not None else "interrupted"
+    if writer is not None and writer.replacing:  # an unfinished replacement is discarded, checkpoint and all
+        return Stopped(f"{what}; the previous run in {writer.out} is kept as it was; rerun the same command "
+                       "(with --overwrite) to replace it", signum)
+    if ckpt is not None and ckpt.path.exists():
+        at = ckpt.step if ckpt.step is not None else resumed_at
+        return Stopped(f"{what}; checkpoint of step {at} in {ckpt.path}; rerun the same command with --resume to continue", signum)
+    if writer is None:
+        return Stopped(f"{what}; nothing was saved (no run folder)", signum)
+    return Stopped(f"{what}; nothing can be resumed (no checkpoint yet, or an L-BFGS sweep, which starts over): "
+                   "rerun the same command to start again", signum)

@@ -425,7 +425,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     config |= extra_config or {}
 
     # -- the run -------------------------------------------------------------------------
-    from probekit.heads.resume import Checkpointer, remove_checkpoint, restored_predictions, resume_point
+    from probekit.heads.resume import Checkpointer, remove_checkpoint, restored_predictions, resume_point, stopped
 
     start = resume_point(out, config, resume=resume, overwrite=overwrite)
     writer = runlog.RunWriter(out, config, overwrite=overwrite, resume=start is not None, cache_dir=cache_dir) if out is not None else None
@@ -465,7 +465,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
 
     import contextlib
 
-    from probekit.finetune.loop import Stopped, _StopRequest
+    from probekit.finetune.loop import _StopRequest
 
     stop = _StopRequest()  # SGD stops at a step and checkpoints; L-BFGS cannot resume, so Ctrl-C stops it at once
     try:
@@ -480,24 +480,14 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
             else:
                 est.fit(X, y, eval_sets=sets, callback=on_eval)
         if solver == "sgd" and est.stopped_:
-            name = signal.Signals(stop.signum).name
-            if ckpt is None:
-                raise Stopped(f"stopped by {name} after step {est.state_['step']}; nothing was saved (no run folder)", stop.signum)
-            ckpt.save(est.state_, preds, pred_steps)
-            if writer.replacing:  # the unfinished replacement is discarded with its checkpoint
-                raise Stopped(f"stopped by {name} after step {est.state_['step']}; the previous run in {out} is kept as it was; "
-                              "rerun the same command (with --overwrite) to replace it", stop.signum)
-            raise Stopped(f"stopped by {name} after step {est.state_['step']} of {est.n_steps_}; checkpoint saved to "
-                          f"{ckpt.path}; rerun the same command with --resume to continue", stop.signum)
-    except KeyboardInterrupt:  # a second Ctrl-C: at once, with what is saved
+            if ckpt is not None:
+                ckpt.save(est.state_, preds, pred_steps)
+            raise stopped(stop.signum, est, ckpt, writer)
+    except KeyboardInterrupt:  # a second Ctrl-C (or one during L-BFGS): at once, with what is saved
         bar.close()
         if writer is not None:
             writer.close()
-        if ckpt is not None and not writer.replacing and ckpt.path.exists():
-            raise Stopped(f"interrupted; rerun the same command with --resume to continue from the checkpoint of step "
-                          f"{ckpt.step if ckpt.step is not None else start['step']} in {ckpt.path}", signal.SIGINT) from None
-        raise Stopped("interrupted; nothing can be resumed (no checkpoint yet" + (", and L-BFGS sweeps start over" if solver == "lbfgs"
-                      else "") + "): rerun the same command to start again", signal.SIGINT) from None
+        raise stopped(signal.SIGINT, None, ckpt, writer, resumed_at=start["step"] if start is not None else None) from None
     except BaseException:
         bar.close()
         if writer is not None:

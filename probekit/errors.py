@@ -10,10 +10,12 @@ import difflib
 from collections.abc import Iterable
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A mistake the user can fix: bad name, missing file, wrong shape, offline download.
 
-    The message is one line that names the culprit and says what to do.
+    The message is one line that names the culprit and says what to do. It is a
+    `ValueError`, so library callers (scikit-learn's model selection among them) can catch
+    bad input the usual way.
     """
 
     exit_code = 2

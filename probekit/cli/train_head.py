@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "OOD accuracy on every --ood set and effective robustness (with --baseline). --solver sgd trains "
                     "all --lr x --seeds heads together in one vectorised pass (BiT defaults: lr 0.001, batch 32768, "
                     "100 epochs, momentum 0.9, no weight decay); --solver lbfgs sweeps the L2 strength "
-                    "(λ = 1/C of scikit-learn's LogisticRegression; default ten values 1e-6..1e7) and picks λ on "
+                    "(λ = 1/C of scikit-learn's LogisticRegression, C = 2/λ for two classes; default ten values 1e-6..1e7) and picks λ on "
                     "validation accuracy. Feature sets are dataset:split names found in the cache for --model, or .h5 paths.")
     _common.add_feature_source(p)
     p.add_argument("--train", required=True, help="training features: dataset:split or a .h5 file")
@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
                          lrs=args.lr, seeds=args.seeds, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
                          weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid,
                          val_fraction=args.val_fraction, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
+                         select_tol=args.select_tol or None,
                          warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, init=init, extra_config=init_config,
                          allow_mixed_features=args.allow_mixed_features, resume=args.resume)
     except Stopped as e:  # SIGTERM / Ctrl-C: exit 128 + signal with what to do next, like extract and finetune

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from probekit.errors import UserError
 
@@ -50,25 +51,42 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def check_features(X, name: str = "X") -> np.ndarray | torch.Tensor:
-    """A 2-D finite float array; NaN / Inf are refused with their count."""
+    """A dense 2-D finite numeric array (torch tensors pass through uncopied).
+
+    NaN / Inf are refused with their count; sparse matrices, 0 rows or 0 columns, complex or
+    non-numeric data with one line (a `UserError`, which is a `ValueError`).
+    """
     if isinstance(X, torch.Tensor):
         arr = X
+        if arr.ndim != 2:
+            raise UserError(f"{name} must be a 2-D array [N, D], got shape {tuple(arr.shape)}")
         bad = int((~torch.isfinite(arr)).sum()) if arr.is_floating_point() else 0
     else:
-        arr = np.asarray(X)
+        if hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+            raise UserError(f"{name} is a sparse matrix, which probekit's heads do not support; pass dense features (X.toarray())")
+        from sklearn.utils.validation import check_array
+
+        try:
+            arr = check_array(X, dtype="numeric", ensure_all_finite=False, ensure_min_samples=0, ensure_min_features=0,
+                              input_name=name)
+        except ValueError as e:  # a TypeError (e.g. objects that are not numbers) is a programming error: keep it
+            raise UserError(f"{name}: {e}") from None
         if arr.dtype.kind not in "fiu":
             raise UserError(f"{name} must be a numeric array, got dtype {arr.dtype}")
         bad = int((~np.isfinite(arr)).sum()) if arr.dtype.kind == "f" else 0
-    if arr.ndim != 2:
-        raise UserError(f"{name} must be a 2-D array [N, D], got shape {tuple(arr.shape)}")
     if arr.shape[0] == 0:
-        raise UserError(f"{name} is empty (0 rows)")
+        raise UserError(f"{name} is empty: found array with 0 sample(s) (shape={tuple(arr.shape)}) while a minimum of 1 is required; "
+                        "pass at least one row")
+    if arr.shape[1] == 0:
+        raise UserError(f"{name} has no columns: found array with 0 feature(s) (shape={tuple(arr.shape)}) while a minimum of 1 is required; "
+                        "pass features with at least one column")
     if bad:
         raise UserError(f"{name} holds {bad} NaN/Inf values; re-extract those features")
     return arr
 
 
 def check_labels(y, n: int, name: str = "y") -> np.ndarray:
+    """Integer class indices ``[n]`` (≥ 0), e.g. the labels of an eval set."""
     arr = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise UserError(f"{name} must be a 1-D array of {n} labels, got shape {tuple(arr.shape)}")
@@ -80,6 +98,50 @@ def check_labels(y, n: int, name: str = "y") -> np.ndarray:
     if arr.min() < 0:
         raise UserError(f"{name} holds negative labels ({int(arr.min())}); labels are class indices 0..C-1")
     return arr.astype(np.int64)
+
+
+def encode_targets(y, n: int, n_classes: int | None, name: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """``(classes_, codes [n])``: any hashable labels, or class indices ``0..n_classes-1`` when given.
+
+    Without `n_classes` the classes are the sorted distinct labels (scikit-learn's rule), so
+    labels {0, 10⁶} make two classes and strings work. With `n_classes` (a feature file's
+    label space) labels must be integers below it.
+    """
+    if isinstance(y, torch.Tensor):
+        y = y.cpu().numpy()
+    if y is None:
+        raise UserError(f"{name} is None: this estimator requires y to be passed, but the target y is None")
+    if n_classes is not None:
+        codes = check_labels(y, n, name)
+        if codes.max() >= n_classes:
+            raise UserError(f"{name} holds label {int(codes.max())} but n_classes is {n_classes}; labels are 0..{n_classes - 1}")
+        return np.arange(int(n_classes)), codes
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import column_or_1d
+
+    try:
+        arr = column_or_1d(y, warn=True)
+        check_classification_targets(arr)
+    except ValueError as e:
+        raise UserError(f"{name}: {e}") from None
+    if arr.shape[0] != n:
+        raise UserError(f"{name} has {arr.shape[0]} labels for {n} rows")
+    classes, codes = np.unique(arr, return_inverse=True)
+    return classes, codes.astype(np.int64)
+
+
+def encode_with(classes: np.ndarray, y, n: int, name: str) -> np.ndarray:
+    """Codes of labels `y` in an already fitted `classes` (validation labels); unseen labels are refused."""
+    arr = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise UserError(f"{name} must be a 1-D array of {n} labels, got shape {tuple(arr.shape)}")
+    codes = np.searchsorted(classes, arr)
+    codes = np.clip(codes, 0, len(classes) - 1)
+    unseen = classes[codes] != arr
+    if unseen.any():
+        raise UserError(f"{name} holds {int(unseen.sum())} labels outside the training classes (e.g. {arr[unseen][0]!r}); "
+                        f"n_classes / the training labels must cover them")
+    return codes.astype(np.int64)
 
 
 def check_positive_list(values, name: str) -> list[float]:
@@ -101,7 +163,7 @@ def check_positive_list(values, name: str) -> list[float]:
 
 
 def to_tensor(X, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    t = X if isinstance(X, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(X))
+    t = X if isinstance(X, torch.Tensor) else _readonly_safe(np.ascontiguousarray(X))
     return t.to(device=device, dtype=dtype)
 
 
@@ -166,17 +228,75 @@ def evaluate_all(sets: Sequence[EvalSet], W: torch.Tensor, b: torch.Tensor) -> d
     return {es.name: (count_correct(es, W, b).double() / es.n).cpu().numpy() for es in sets}
 
 
-class FittedHeads:
-    """Inference shared by the head estimators: `W_ [H, D, C]`, `b_ [H, C]` once fitted."""
+def _readonly_safe(arr: np.ndarray) -> torch.Tensor:
+    """`torch.from_numpy` without its warning for read-only (memory-mapped) arrays; nothing is written."""
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
+
+
+class FittedHeads(ClassifierMixin, BaseEstimator):
+    """Inference shared by the head estimators once fitted: ``W_ [H, D, C]``, ``b_ [H, C]``, ``classes_``.
+
+    Single-head estimators (`LBFGSLogistic`, `SGDHead`) expose scikit-learn's classifier
+    API through `decision_function`, `predict_proba`, `predict`; `SGDHeads` returns one row per head.
+    """
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        tags.input_tags.allow_nan = False
+        return tags
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "W_"):
-            raise UserError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+        from sklearn.utils.validation import check_is_fitted
 
-    def _predict_all(self, X, restrict=None) -> np.ndarray:
-        """Predicted classes ``[H, N]`` of every fitted head."""
+        check_is_fitted(self, "W_", msg=f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
+
+    def _inputs(self, X) -> torch.Tensor:
         self._check_fitted()
         X = check_features(X, "X")
         if X.shape[1] != self.n_features_in_:
-            raise UserError(f"X has {X.shape[1]} features but the heads were trained on {self.n_features_in_}")
-        return predict_heads(to_tensor(X, self.W_.device, torch.float32), self.W_, self.b_, restrict).cpu().numpy()
+            raise UserError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting {self.n_features_in_} features as input")
+        dt = torch.float64 if X.dtype in (np.float64, torch.float64) else torch.float32
+        return to_tensor(X, self.W_.device, dt)
+
+    def _head_logits(self, X) -> torch.Tensor:
+        """Logits ``[H, N, C]`` of every head (float64 for float64 input)."""
+        Xt = self._inputs(X)
+        W, b = self.W_.to(Xt.dtype), self.b_.to(Xt.dtype)
+        H, D, C = W.shape
+        rows = max(1, (1 << 24) // max(1, H * max(C, D)))
+        return torch.cat([head_logits(Xt[s:s + rows], W, b) for s in range(0, Xt.shape[0], rows)]).transpose(0, 1)
+
+    def _predict_all(self, X, restrict=None) -> np.ndarray:
+        """Predicted labels ``[H, N]`` of every fitted head (with `restrict`: indices in the restricted space)."""
+        logits = self._head_logits(X)
+        if restrict is not None:
+            return restrict(logits).argmax(-1).cpu().numpy()
+        return self.classes_[logits.argmax(-1).cpu().numpy()]
+
+
+class SingleHead(FittedHeads):
+    """scikit-learn's classifier API for an estimator with one fitted head (``W_ [1, D, C]``)."""
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits ``[N, C]``; for two classes the margin ``[N]`` of the second class (scikit-learn's convention)."""
+        z = self._head_logits(X)[0]
+        z = z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
+        return z.cpu().numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Softmax probabilities ``[N, C]``, columns in ``classes_`` order."""
+        return torch.softmax(self._head_logits(X)[0], -1).cpu().numpy()
+
+    def predict_log_proba(self, X) -> np.ndarray:
+        return torch.log_softmax(self._head_logits(X)[0], -1).cpu().numpy()
+
+    def predict(self, X, restrict=None) -> np.ndarray:
+        """Predicted labels ``[N]`` (with `restrict`: class indices in the restricted label space)."""
+        return self._predict_all(X, restrict)[0]

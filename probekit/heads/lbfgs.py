@@ -4,18 +4,26 @@ Objective for one L2 strength λ (bias unpenalised)::
 
     Σᵢ CE(W xᵢ + b, yᵢ) + (λ / 2) ‖W‖²
 
-which is scikit-learn's ``LogisticRegression(solver="lbfgs", C=1/λ)`` objective (sklearn
-minimises ``C Σᵢ CE + ½‖W‖²``, the same problem scaled by C). So ``λ = 1 / C``.
-The CLIP recipe (DESIGN.md) sweeps ten log-spaced λ from 1e-6 to 1e7 and picks λ by
-validation accuracy.
+For three or more classes this is scikit-learn's ``LogisticRegression(solver="lbfgs",
+C=1/λ)`` (sklearn minimises ``C Σᵢ CE + ½‖W‖²``, the same problem scaled by C), so
+**λ = 1/C**. For two classes sklearn fits one weight vector ``w`` (binomial model) while
+probekit keeps two symmetric rows ``W = [-w/2, w/2]`` whose penalty is ``(λ/4)‖w‖²``: the
+same problem is then **C = 2/λ**. The CLIP recipe (DESIGN.md) sweeps ten log-spaced λ from
+1e-6 to 1e7 and picks λ by validation accuracy.
 
-Speed comes from (1) warm starts along the grid, strongest λ first: the heavily
-regularised problems are easy and each solution is a good start for the next weaker λ
-(the regularisation path), (2) an analytic gradient (two GEMMs per evaluation, no
-autograd), (3) float64 by default so the objective matches sklearn to 1e-4 relative;
-``dtype="float32"`` is faster still, for GPUs and very large sets.
-The line search is PyTorch's strong-Wolfe search (`torch.optim.lbfgs._strong_wolfe`);
-the two-loop recursion is written here so every iteration can be evaluated and logged.
+Speed (docs/benchmarks.md) comes from
+1. a preconditioner from the feature covariance (`logistic.CovariancePreconditioner`),
+   computed once for the grid: raw L-BFGS spends most of its iterations on feature scale;
+2. warm starts along the grid, strongest λ first (the regularisation path);
+3. a loose tolerance for *choosing* λ (``select_tol``, sklearn's default 1e-4) followed by
+   one tight solve of the chosen λ (``tol``), continuing the same L-BFGS state;
+4. float32 GEMMs with float64 softmax and sums, two products per evaluation, row-chunked
+   (``dtype="auto"`` picks them for ``tol ≥ 1e-7`` and float64 products below);
+5. the L-BFGS history as matrices and all records of an evaluation scored in one product.
+
+`converged_[λ]` is True only when max |∇| of the *mean* objective (sklearn's ``tol``
+criterion) reached the tolerance that λ was solved to (``tol_[λ]``); ``stop_reason_[λ]``
+says which criterion stopped it (`optim.LBFGS.run`).
 """
 
 from __future__ import annotations
@@ -25,23 +33,27 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.optim.lbfgs import _strong_wolfe
 
 from probekit.errors import UserError
 from probekit.heads.evaluation import (
-    FittedHeads,
+    SingleHead,
     check_features,
-    check_labels,
     check_positive_list,
+    encode_targets,
+    encode_with,
     evaluate_all,
     make_eval_sets,
     resolve_device,
     to_tensor,
 )
+from probekit.heads.logistic import CovariancePreconditioner, LogisticData
+from probekit.heads.optim import LBFGS
 from probekit.heads.sgd import EvalPoint
 
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 7, 10))
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+ROUNDING = {"float64": 1e-10, "float32": 1e-6}  # relative level of f below which Armijo is unreliable
+FLOAT32_TOL = 1e-7  # dtype="auto": float32 products reach max |∇| ≤ 1e-7 on typical features; below it, float64
 
 
 def l2_id(l2: float, refit: bool = False) -> str:
@@ -66,112 +78,71 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.
     return train, val
 
 
-class _Problem:
-    """Mean objective and gradient of L2-regularised multinomial logistic regression."""
+class _Solve:
+    """One λ's L-BFGS solve, driven by `_drive` (which may batch it with others)."""
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, C: int, l2: float):
-        self.X, self.n, self.D, self.C = X, X.shape[0], X.shape[1], C
-        self.Y = torch.zeros(self.n, C, dtype=X.dtype, device=X.device)
-        self.Y[torch.arange(self.n, device=X.device), y] = 1
-        self.l2 = l2
-        self.fevals = 0
+    def __init__(self, l2: float, state: LBFGS, refit: bool = False):
+        self.l2, self.state, self.refit = l2, state, refit
+        self.evaluations = 0
+        self.curvature = 1.0  # mean softmax curvature at the last evaluation (the next λ's preconditioner)
+        self.recorded = -1  # last iteration handed to the callback
+        self.request: torch.Tensor | None = None
+        self.gen = None
 
-    def split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return theta[: self.D * self.C].view(self.D, self.C), theta[self.D * self.C:]
+    def start(self, tol: float, max_iter: int) -> None:
+        self.gen = self.state.run(tol, max_iter)
+        self._advance(None)
 
-    def __call__(self, theta: torch.Tensor) -> tuple[float, torch.Tensor, float]:
-        """(mean objective, its gradient, mean cross-entropy) at `theta`."""
-        self.fevals += 1
-        W, b = self.split(theta)
-        logits = torch.addmm(b, self.X, W)
-        lse = torch.logsumexp(logits, 1, keepdim=True)
-        ce = float((lse.sum() - (logits * self.Y).sum()) / self.n)
-        P = torch.exp(logits - lse) - self.Y
-        gW = (P.T @ self.X).T  # [C, N] @ [N, D]: much faster than X.T @ P on CPU BLAS
-        gW.add_(W, alpha=self.l2).div_(self.n)
-        gb = P.sum(0).div_(self.n)
-        reg = 0.5 * self.l2 * float((W * W).sum()) / self.n
-        return ce + reg, torch.cat([gW.reshape(-1), gb]), ce
+    def _advance(self, value) -> list[int]:
+        """Send `value`, run to the next evaluation request; returns the iterations completed meanwhile."""
+        done = []
+        try:
+            r = self.gen.send(value) if value is not None else next(self.gen)
+            while r is None:
+                done.append(self.state.iterations)
+                r = next(self.gen)
+            self.request = r
+        except StopIteration:
+            self.request = None
+            self.gen = None
+        return done
 
-
-def minimize_lbfgs(fg: _Problem, theta: torch.Tensor, *, max_iter: int, tol: float, history: int = 20,
-                   on_iter: Callable[[int, torch.Tensor, float, float], None] | None = None):
-    """L-BFGS with strong-Wolfe line search; stops when max |∇f| ≤ tol (sklearn's gtol) or
-    the objective stops moving (relative change < 1e-12), or after `max_iter` iterations.
-
-    Returns (theta, objective, iterations, converged).
-    """
-    f, g, _ = fg(theta)
-    if on_iter:
-        on_iter(0, theta, f, float(g.abs().max()))
-    old_s, old_y, rho = [], [], []
-    it, converged = 0, float(g.abs().max()) <= tol
-    while not converged and it < max_iter:
-        it += 1
-        # two-loop recursion: d = -H g
-        q = -g.clone()
-        alphas = []
-        for s, yv, r in zip(reversed(old_s), reversed(old_y), reversed(rho)):
-            a = r * float(s @ q)
-            alphas.append(a)
-            q.add_(yv, alpha=-a)
-        if old_s:
-            q.mul_(float(old_s[-1] @ old_y[-1]) / float(old_y[-1] @ old_y[-1]))
-        for (s, yv, r), a in zip(zip(old_s, old_y, rho), reversed(alphas)):
-            beta = r * float(yv @ q)
-            q.add_(s, alpha=a - beta)
-        d = q
-        gtd = float(g @ d)
-        if gtd > -1e-20:  # not a descent direction: restart from steepest descent
-            old_s, old_y, rho = [], [], []
-            d = -g
-            gtd = float(g @ d)
-        t = min(1.0, 1.0 / float(g.abs().sum())) if not old_s else 1.0
-
-        def obj(x, step, direction):
-            fx, gx, _ = fg(x + step * direction)
-            return fx, gx
-
-        f_new, g_new, t, _ = _strong_wolfe(obj, theta, t, d, f, g, gtd, max_ls=50)
-        s = d * t
-        theta = theta + s
-        yv = g_new - g
-        ys = float(yv @ s)
-        if ys > 1e-10 * float(yv @ yv):
-            if len(old_s) == history:
-                old_s.pop(0), old_y.pop(0), rho.pop(0)
-            old_s.append(s), old_y.append(yv), rho.append(1.0 / ys)
-        moved = abs(f - f_new) / max(abs(f), abs(f_new), 1.0)
-        f, g = f_new, g_new
-        gmax = float(g.abs().max())
-        converged = gmax <= tol or moved < 1e-12 or t == 0
-        if on_iter:
-            on_iter(it, theta, f, gmax)
-    return theta, f, it, converged
+    @property
+    def active(self) -> bool:
+        return self.gen is not None
 
 
-class LBFGSLogistic(FittedHeads):
-    """Multinomial logistic regression swept over L2 strengths λ = 1/C; scikit-learn style.
+class LBFGSLogistic(SingleHead):
+    """Multinomial logistic regression swept over L2 strengths λ; a scikit-learn classifier.
 
     λ is chosen by validation accuracy (``X_val``/``y_val``, or a stratified ``val_fraction``
     of the training rows, seeded by ``val_seed``); ties go to the larger λ. ``refit=True``
     retrains on train + validation with the chosen λ (warm-started from its solution).
-    ``tol`` is the largest allowed |gradient| of the *mean* objective (sklearn's ``tol``).
+    With one λ no validation is needed (a plain regularised classifier: grid search, pipelines).
 
-    Learned: ``chosen_l2_``, ``val_scores_ {λ: acc}``, ``coef_ [C, D]``, ``intercept_ [C]``
-    (the chosen λ, refitted when asked), ``path_coef_ [L, C, D]``, ``path_intercept_``,
-    ``l2_grid_`` (in the order solved: strongest first), ``n_iter_ {λ: iterations}``,
-    ``objective_ {λ: Σ CE + λ/2‖W‖²}``, ``converged_``.
-    ``init=(W [C, D], b [C])`` starts the first λ from given weights (e.g. zero-shot).
+    Tolerances bound max |∇| of the *mean* objective (sklearn's ``tol``): every λ is solved
+    to ``select_tol`` (enough to choose λ), then the chosen one on to ``tol``
+    (``select_tol=None``: every λ to ``tol``).
+
+    Learned: ``classes_``, ``coef_ [C, D]``, ``intercept_ [C]`` (the chosen λ, refitted when
+    asked), ``chosen_l2_``, ``val_scores_ {λ: acc}`` (at ``select_tol``), ``l2_grid_`` (in
+    the order solved: strongest first), ``n_iter_ [L]`` (iterations, aligned with
+    ``l2_grid_``), ``path_coef_ [L, C, D]``, ``path_intercept_ [L, C]``, ``objective_ {λ:
+    Σ CE + λ/2‖W‖²}``, ``converged_ {λ: bool}``, ``stop_reason_ {λ: str}``, ``tol_ {λ}``,
+    ``grad_max_ {λ}``. ``init=(W [C, D], b [C])`` starts the first λ from given weights
+    (e.g. zero-shot). Labels may be any sortable values; with ``n_classes`` they must be
+    the indices ``0..n_classes-1`` (a feature file's label space).
     """
 
     def __init__(self, l2_grid: Sequence[float] = DEFAULT_L2_GRID, *, max_iter: int = 1000, tol: float = 1e-6,
-                 refit: bool = False, warm_start: bool = True, val_fraction: float | None = None, val_seed: int = 0,
-                 history: int = 20, eval_every: int = 1, init=None, n_classes: int | None = None, device=None,
-                 dtype: str = "float64"):
+                 select_tol: float | None = 1e-4, refit: bool = False, warm_start: bool = True,
+                 val_fraction: float | None = None, val_seed: int = 0, history: int = 10, eval_every: int = 1,
+                 init=None, n_classes: int | None = None, device=None, dtype: str = "auto",
+                 precondition: bool = True):
         self.l2_grid = l2_grid
         self.max_iter = max_iter
         self.tol = tol
+        self.select_tol = select_tol
         self.refit = refit
         self.warm_start = warm_start
         self.val_fraction = val_fraction
@@ -182,125 +153,186 @@ class LBFGSLogistic(FittedHeads):
         self.n_classes = n_classes
         self.device = device
         self.dtype = dtype
+        self.precondition = precondition
 
     def _check_params(self) -> list[float]:
         grid = check_positive_list(self.l2_grid, "l2_grid (--l2-grid)")
-        if int(self.max_iter) != self.max_iter or self.max_iter < 1:
+        if isinstance(self.max_iter, bool) or int(self.max_iter) != self.max_iter or self.max_iter < 1:
             raise UserError(f"max_iter (--max-iter) must be a positive integer, got {self.max_iter!r}")
-        if not (math.isfinite(self.tol) and self.tol > 0):
-            raise UserError(f"tol (--tol) must be positive, got {self.tol!r}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype {self.dtype!r}; choose float64 or float32")
+        for name, v in (("tol (--tol)", self.tol), ("select_tol (--select-tol)", self.select_tol)):
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise UserError(f"{name} must be positive, got {v!r}")
+        if self.tol is None:
+            raise UserError("tol (--tol) must be positive, got None")
+        if self.dtype not in (*DTYPES, "auto"):
+            raise UserError(f"unknown dtype {self.dtype!r}; choose auto, float64 or float32")
         if int(self.eval_every) != self.eval_every or self.eval_every < 0:
             raise UserError(f"eval_every (--eval-every) must be a non-negative integer, got {self.eval_every!r}")
+        if int(self.history) != self.history or self.history < 1:
+            raise UserError(f"history must be a positive integer, got {self.history!r}")
         return sorted(set(grid), reverse=True)
 
+    # -- fitting ----------------------------------------------------------------------
     def fit(self, X, y, X_val=None, y_val=None, eval_sets=None, callback: Callable[[EvalPoint], None] | None = None) -> LBFGSLogistic:
         """Solve for every λ of the grid (strongest first), choose λ on validation, optionally refit.
 
-        `callback` receives an `EvalPoint` (one head) after every L-BFGS iteration with
-        ``extra`` = ``{"l2", "objective", "grad_max", "refit"}``.
+        `callback` receives an `EvalPoint` (one head) at iteration 0, every ``eval_every``
+        iterations and at the last iteration of each λ, with ``extra`` = ``{"l2",
+        "objective", "grad_max", "refit"}``; `eval_sets` labels are class indices.
         """
         grid = self._check_params()
         X = check_features(X, "X")
         N, D = X.shape
-        y = check_labels(y, N, "y")
-        if X_val is None and self.val_fraction:
+        self.classes_, y = encode_targets(y, N, self.n_classes, "y")
+        if X_val is None and self.val_fraction and len(grid) > 1:
             tr, va = stratified_split(y, float(self.val_fraction), self.val_seed)
-            X, X_val, y, y_val = X[tr], X[va], y[tr], y[va]
+            X, X_val, y, y_val = X[tr], X[va], y[tr], self.classes_[y[va]]
             N = X.shape[0]
         if X_val is not None:
             X_val = check_features(X_val, "X_val")
             if X_val.shape[1] != D:
                 raise UserError(f"X_val has {X_val.shape[1]} features but X has {D}")
-            y_val = check_labels(y_val, X_val.shape[0], "y_val")
+            y_val = encode_with(self.classes_, y_val, X_val.shape[0], "y_val")
         elif len(grid) > 1:
             raise UserError("choosing λ from several values needs validation data: pass X_val/y_val (--val) or val_fraction (--val-fraction)")
-        C = int(self.n_classes or (max(y.max(), -1 if y_val is None else y_val.max()) + 1))
+        C = len(self.classes_)
         dev = resolve_device(self.device)
-        dt = DTYPES[self.dtype]
-        Xt = to_tensor(X, dev, dt)
-        yt = torch.from_numpy(y).to(dev)
-        sets = make_eval_sets(eval_sets, dev, dt, D)
-        val_set = make_eval_sets({"val": (X_val, y_val)}, dev, dt, D)[0] if X_val is not None else None
+        self.dtype_ = self.dtype if self.dtype != "auto" else ("float64" if self.tol < FLOAT32_TOL else "float32")
+        dt = DTYPES[self.dtype_]
+        storage = torch.float16 if getattr(X, "dtype", None) in (np.float16, torch.float16) and dt == torch.float32 else dt
+        data = LogisticData(to_tensor(X, dev, storage), torch.from_numpy(y).to(dev), C, dt)
+        sets = make_eval_sets(eval_sets, dev, storage, D)
+        val_set = make_eval_sets({"val": (X_val, y_val)}, dev, storage, D)[0] if X_val is not None else None
+        theta0 = self._start(D, C, dev)
 
-        theta = torch.zeros(D * C + C, dtype=dt, device=dev)
-        if self.init is not None:
-            W0, b0 = (torch.as_tensor(np.asarray(t)) for t in self.init)
-            if tuple(W0.shape) != (C, D) or tuple(b0.shape) != (C,):
-                raise UserError(f"init weights have shape {tuple(W0.shape)} / {tuple(b0.shape)}; expected [{C}, {D}] / [{C}]")
-            theta = torch.cat([W0.T.reshape(-1), b0]).to(dev, dt)
+        mu = data.mean()
+        spectrum = data.spectrum(mu) if self.precondition else None
+        eps_f = ROUNDING[self.dtype_]
 
-        def heads(th):
-            W = th[: D * C].view(1, D, C)
-            return W, th[D * C:].view(1, C)
+        def evaluate(data: LogisticData, thetas: list[torch.Tensor], l2s: list[float]):
+            T = torch.stack(thetas)
+            W, b = T[:, : D * C].view(-1, D, C), T[:, D * C:]
+            f, gW, gb, curv = data.evaluate(W, b, torch.tensor(l2s, dtype=torch.float64, device=dev))
+            g = torch.cat([gW.reshape(len(thetas), -1), gb], 1)
+            return [(float(f[i]), g[i], float(curv[i])) for i in range(len(thetas))]
 
-        def run(problem: _Problem, theta, l2, refit):
-            def on_iter(it, th, f, gmax):
-                if callback is None or not (it == 0 or (self.eval_every and it % self.eval_every == 0)):
-                    return
-                W, b = heads(th)
-                callback(EvalPoint(it, float(problem.fevals), np.array([f]), evaluate_all(sets, W, b),
-                                   {"l2": l2, "objective": f * problem.n, "grad_max": gmax, "refit": refit}, W, b))
+        def new_solve(data: LogisticData, l2: float, theta, fgc, refit=False) -> _Solve:
+            f, g, curv = fgc
+            M = CovariancePreconditioner(*spectrum, mu, C, l2 / data.N, curv) if spectrum else None
+            s = _Solve(l2, LBFGS(theta, f, g, history=int(self.history), precondition=M, eps_f=eps_f), refit)
+            s.curvature = curv
+            return s
 
-            theta, f, it, ok = minimize_lbfgs(problem, theta, max_iter=int(self.max_iter), tol=float(self.tol),
-                                              history=int(self.history), on_iter=on_iter)
-            if callback is not None and it > 0 and (not self.eval_every or it % self.eval_every):
-                W, b = heads(theta)  # always log the final iterate
-                callback(EvalPoint(it, float(problem.fevals), np.array([f]), evaluate_all(sets, W, b),
-                                   {"l2": l2, "objective": f * problem.n, "grad_max": float("nan"), "refit": refit}, W, b))
-            return theta, f * problem.n, it, ok
+        def report(data: LogisticData, solves: list[_Solve]) -> None:
+            if callback is None or not solves:
+                return
+            T = torch.stack([s.state.x for s in solves])
+            W, b = T[:, : D * C].view(-1, D, C), T[:, D * C:]
+            acc = evaluate_all(sets, W, b)
+            for i, s in enumerate(solves):
+                s.recorded = s.state.iterations
+                callback(EvalPoint(s.state.iterations, float(s.evaluations), np.array([s.state.f]),
+                                   {k: v[i:i + 1] for k, v in acc.items()},
+                                   {"l2": s.l2, "objective": s.state.f * data.N, "grad_max": s.state.grad_max,
+                                    "refit": s.refit}, W[i:i + 1], b[i:i + 1]))
 
-        self.l2_grid_, self.val_scores_, self.n_iter_, self.objective_, self.converged_ = grid, {}, {}, {}, {}
-        path = []
-        start = theta
+        def drive(data: LogisticData, solves: list[_Solve], tol: float) -> None:
+            """Run `solves` to `tol` together: each round evaluates all their trial points in one product."""
+            every = int(self.eval_every)
+            for s in solves:
+                s.start(tol, int(self.max_iter))
+            report(data, [s for s in solves if s.recorded < 0])
+            active = [s for s in solves if s.active]
+            while active:
+                res = evaluate(data, [s.request for s in active], [s.l2 for s in active])
+                due = []
+                for s, (f, g, curv) in zip(active, res):
+                    s.evaluations += 1
+                    s.curvature = curv
+                    done = s._advance((f, g))
+                    if (every and any(it % every == 0 for it in done)) or (not s.active and s.recorded != s.state.iterations):
+                        due.append(s)
+                report(data, due)
+                active = [s for s in active if s.active]
+
+        select_tol = float(self.tol) if self.select_tol is None or len(grid) == 1 else max(float(self.select_tol), float(self.tol))
+        self.l2_grid_ = grid
+        solves: list[_Solve] = []
         for l2 in grid:
-            problem = _Problem(Xt, yt, C, l2)
-            sol, obj, it, ok = run(problem, start if self.warm_start else theta, l2, False)
-            path.append(sol)
-            self.n_iter_[l2], self.objective_[l2], self.converged_[l2] = it, obj, ok
-            if val_set is not None:
-                W, b = heads(sol)
-                self.val_scores_[l2] = float(evaluate_all([val_set], W, b)["val"][0])
-            start = sol
+            if solves and self.warm_start:  # the previous solution, re-scored for this λ without a pass over the data
+                theta, fgc = solves[-1].state.x, _rescore(solves[-1], l2, D * C, data.N)
+            else:
+                theta, fgc = theta0, evaluate(data, [theta0], [l2])[0]
+            s = new_solve(data, l2, theta, fgc)
+            drive(data, [s], select_tol)
+            solves.append(s)
+        self.tol_ = {s.l2: select_tol for s in solves}
+
+        path = torch.stack([s.state.x for s in solves])
+        PW, Pb = path[:, : D * C].view(-1, D, C), path[:, D * C:]
         if val_set is not None:
+            scores = evaluate_all([val_set], PW, Pb)["val"]
+            self.val_scores_ = {s.l2: float(a) for s, a in zip(solves, scores)}
             best = max(self.val_scores_.values())
             self.chosen_l2_ = max(l2 for l2 in grid if self.val_scores_[l2] == best)
         else:
+            self.val_scores_ = {}
             self.chosen_l2_ = grid[0]
-        chosen = path[grid.index(self.chosen_l2_)]
+        chosen = solves[grid.index(self.chosen_l2_)]
+        if select_tol > self.tol:  # carry on with the same iterate and curvature pairs
+            drive(data, [chosen], float(self.tol))
+            self.tol_[chosen.l2] = float(self.tol)
+            path[grid.index(self.chosen_l2_)] = chosen.state.x
+        self.n_iter_ = np.array([s.state.iterations for s in solves], dtype=np.int64)
+        self.objective_ = {s.l2: s.state.f * data.N for s in solves}
+        self.grad_max_ = {s.l2: s.state.grad_max for s in solves}
+        self.stop_reason_ = {s.l2: s.state.stop_reason for s in solves}
+        self.converged_ = {s.l2: s.state.stop_reason == "gtol" for s in solves}
+        final = chosen.state.x
         if self.refit and val_set is not None:
-            Xall = torch.cat([Xt, val_set.X])
-            yall = torch.cat([yt, val_set.y])
-            chosen, obj, it, ok = run(_Problem(Xall, yall, C, self.chosen_l2_), chosen, self.chosen_l2_, True)
-            self.refit_objective_, self.refit_n_iter_ = obj, it
-        P = torch.stack(path)
-        self.path_coef_ = P[:, : D * C].view(-1, D, C).transpose(1, 2).float().cpu().numpy()
-        self.path_intercept_ = P[:, D * C:].float().cpu().numpy()
-        self.theta_ = chosen
-        self.W_, self.b_ = (t.float() for t in heads(chosen))
+            full = LogisticData(torch.cat([data.X, val_set.X.to(storage)]), torch.cat([data.y, val_set.y]), C, dt)
+            r = new_solve(full, self.chosen_l2_, final, evaluate(full, [final], [self.chosen_l2_])[0], refit=True)
+            drive(full, [r], float(self.tol))
+            final = r.state.x
+            self.refit_objective_, self.refit_n_iter_ = r.state.f * full.N, r.state.iterations
+            self.refit_converged_, self.refit_stop_reason_ = r.state.stop_reason == "gtol", r.state.stop_reason
+        self.path_coef_ = PW.transpose(1, 2).float().cpu().numpy()
+        self.path_intercept_ = Pb.float().cpu().numpy()
+        self.theta_ = final
+        self.W_ = final[: D * C].view(1, D, C).float()
+        self.b_ = final[D * C:].view(1, C).float()
         self.coef_ = self.W_[0].T.cpu().numpy()
         self.intercept_ = self.b_[0].cpu().numpy()
         self.n_classes_, self.n_features_in_ = C, D
         return self
 
-    def predict(self, X, restrict=None) -> np.ndarray:
-        """Predicted classes ``[N]`` of the chosen (or refitted) head."""
-        return self._predict_all(X, restrict)[0]
-
-    def score(self, X, y) -> float:
-        pred = self.predict(X)
-        return float((pred == check_labels(y, len(pred), "y")).mean())
+    def _start(self, D: int, C: int, dev) -> torch.Tensor:
+        theta = torch.zeros(D * C + C, dtype=torch.float64, device=dev)
+        if self.init is not None:
+            W0, b0 = (torch.as_tensor(np.asarray(t)) for t in self.init)
+            if tuple(W0.shape) != (C, D) or tuple(b0.shape) != (C,):
+                raise UserError(f"init weights have shape {tuple(W0.shape)} / {tuple(b0.shape)}; expected [{C}, {D}] / [{C}]")
+            theta = torch.cat([W0.T.reshape(-1), b0]).to(dev, torch.float64)
+        return theta
 
     def objective(self, X, y, l2: float, coef=None, intercept=None) -> float:
-        """Σ CE + λ/2 ‖W‖² of a head (default: the chosen one) on ``X, y``, in float64."""
+        """Σ CE + λ/2 ‖W‖² of a head (default: the chosen one) on ``X, y`` (class indices), in float64."""
         coef = self.coef_ if coef is None else coef
         intercept = self.intercept_ if intercept is None else intercept
         return logistic_objective(X, y, coef, intercept, l2)
 
 
+def _rescore(prev: _Solve, l2: float, n_weights: int, N: int):
+    """(f, g, curvature) of the previous λ's solution under a new λ: only the penalty term changes."""
+    x, delta = prev.state.x, l2 - prev.l2
+    f = prev.state.f + 0.5 * delta * float((x[:n_weights] ** 2).sum()) / N
+    g = prev.state.g.clone()
+    g[:n_weights] += delta / N * x[:n_weights]
+    return f, g, prev.curvature
+
+
 def logistic_objective(X, y, coef, intercept, l2: float) -> float:
-    """Σᵢ CE(W xᵢ + b, yᵢ) + (λ/2)‖W‖² in float64 (coef ``[C, D]``)."""
+    """Σᵢ CE(W xᵢ + b, yᵢ) + (λ/2)‖W‖² in float64 (coef ``[C, D]``, y class indices)."""
     X = torch.as_tensor(np.asarray(X, np.float64))
     logits = X @ torch.as_tensor(np.asarray(coef, np.float64)).T + torch.as_tensor(np.asarray(intercept, np.float64))
     y = torch.as_tensor(np.asarray(y))

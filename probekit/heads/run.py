@@ -298,8 +298,8 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
                lrs: Sequence[float] = (0.001,), seeds: Sequence[int] = (0,), batch_size: int = 32768,
                epochs: float = 100, momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
                head_init: str = "uniform", l2_grid: Sequence[float] | None = None, val_fraction: float | None = None,
-               val_seed: int = 0, refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
-               lbfgs_dtype: str = "float64", init=None, extra_config: dict | None = None,
+               val_seed: int = 0, refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, select_tol: float | None = 1e-4,
+               warm_start: bool = True, lbfgs_dtype: str = "auto", init=None, extra_config: dict | None = None,
                record_extra: dict | None = None, allow_mixed_features: bool = False, resume: bool = False) -> TrainHeadResult:
     """Train heads on cached features and log acc_id / acc_ood / ER at every evaluation.
 
@@ -376,7 +376,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         est._check_params()
         heads = [{"head": f"lr={lr:g},seed={s}", "lr": lr, "seed": s} for lr in est.lrs_ for s in est.seeds_]
     else:
-        est = LBFGSLogistic(l2_grid, max_iter=max_iter, tol=tol, refit=refit, warm_start=warm_start,
+        est = LBFGSLogistic(l2_grid, max_iter=max_iter, tol=tol, select_tol=select_tol, refit=refit, warm_start=warm_start,
                             val_fraction=frac if va is None else None, val_seed=val_seed, eval_every=eval_every,
                             init=init, n_classes=C, device=dev, dtype=lbfgs_dtype)
         est._check_params()
@@ -419,9 +419,9 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         config |= {"lrs": est.lrs_, "seeds": est.seeds_, "batch_size": batch_size, "epochs": epochs, "momentum": momentum,
                    "weight_decay": weight_decay, "schedule": schedule, "head_init": head_init}
     else:
-        config |= {"l2_grid": sorted(l2_grid, reverse=True), "refit": refit, "max_iter": max_iter, "tol": tol,
+        config |= {"l2_grid": sorted(l2_grid, reverse=True), "refit": refit, "max_iter": max_iter, "tol": tol, "select_tol": select_tol,
                    "warm_start": warm_start, "lbfgs_dtype": lbfgs_dtype, "val_seed": val_seed,
-                   "objective": "sum_i CE(W x_i + b, y_i) + (l2/2) ||W||^2, bias unpenalised; l2 = 1/C of sklearn LogisticRegression"}
+                   "objective": "sum_i CE(W x_i + b, y_i) + (l2/2) ||W||^2, bias unpenalised; l2 = 1/C of sklearn LogisticRegression (two classes: C = 2/l2)"}
     config |= extra_config or {}
 
     # -- the run -------------------------------------------------------------------------
@@ -502,9 +502,11 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     if solver == "lbfgs":
         summary |= {"chosen_l2": est.chosen_l2_, "chosen_head": l2_id(est.chosen_l2_, bool(refit and getattr(est, "refit_n_iter_", None) is not None)),
                     "val_scores": {l2_id(k): v for k, v in est.val_scores_.items()},
-                    "n_iter": {l2_id(k): v for k, v in est.n_iter_.items()},
+                    "n_iter": {l2_id(k): int(v) for k, v in zip(est.l2_grid_, est.n_iter_)},
                     "objective": {l2_id(k): v for k, v in est.objective_.items()},
-                    "converged": {l2_id(k): v for k, v in est.converged_.items()}}
+                    "converged": {l2_id(k): v for k, v in est.converged_.items()},
+                    "stop_reason": {l2_id(k): v for k, v in est.stop_reason_.items()},
+                    "tol": {l2_id(k): v for k, v in est.tol_.items()}}
     if out is not None:
         from probekit.atomic import atomic_write_bytes
         import io

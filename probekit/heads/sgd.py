@@ -31,9 +31,10 @@ import torch
 from probekit.errors import UserError
 from probekit.heads.evaluation import (
     FittedHeads,
+    SingleHead,
     check_features,
-    check_labels,
     check_positive_list,
+    encode_targets,
     evaluate_all,
     make_eval_sets,
     resolve_device,
@@ -104,10 +105,13 @@ def head_id(lr: float, seed: int) -> str:
 
 
 class SGDHeads(FittedHeads):
-    """Train ``len(lrs) * len(seeds)`` logistic heads jointly; scikit-learn style.
+    """Train ``len(lrs) * len(seeds)`` logistic heads jointly; a scikit-learn estimator.
 
-    Learned: ``coef_ [H, C, D]``, ``intercept_ [H, C]``, ``heads_`` (one dict per head with
-    ``head``, ``lr``, ``seed``), ``n_classes_``, ``n_steps_``. Heads are ordered lr-major.
+    Learned: ``classes_``, ``coef_ [H, C, D]``, ``intercept_ [H, C]``, ``heads_`` (one dict per
+    head with ``head``, ``lr``, ``seed``), ``n_classes_``, ``n_steps_``. Heads are ordered lr-major.
+    `predict` / `score` answer for every head (``[H, N]`` / ``[H]``); `head` hands out one head
+    as a plain single-head scikit-learn classifier (`SGDHead`). Labels may be any sortable
+    values; with ``n_classes`` they must be the indices ``0..n_classes-1``.
     ``init=(W [C, D] or [H, C, D], b [C] or [H, C])`` starts every head from given weights
     (e.g. a zero-shot head) instead of a fresh draw. ``heads=[(lr, seed), ...]`` lists the
     heads explicitly instead of the ``lrs × seeds`` product (a grid whose cells pair each seed
@@ -216,10 +220,8 @@ class SGDHeads(FittedHeads):
         self._check_params()
         X = check_features(X, "X")
         N, D = X.shape
-        y = check_labels(y, N, "y")
-        C = int(self.n_classes or (y.max() + 1))
-        if y.max() >= C:
-            raise UserError(f"labels go up to {int(y.max())} but n_classes is {C}")
+        self.classes_, y = encode_targets(y, N, self.n_classes, "y")
+        C = len(self.classes_)
         dev = resolve_device(self.device)
         Xs = to_tensor(X, dev, STORAGE[self.storage_dtype])
         yt = torch.from_numpy(y).to(dev)
@@ -350,14 +352,65 @@ class SGDHeads(FittedHeads):
 
     # -- inference --------------------------------------------------------------------
     def predict(self, X, restrict=None) -> np.ndarray:
-        """Predicted classes ``[H, N]`` of every head."""
+        """Predicted labels ``[H, N]`` of every head."""
         return self._predict_all(X, restrict)
 
     def score(self, X, y) -> np.ndarray:
         """Accuracy ``[H]`` of every head."""
         pred = self.predict(X)
-        y = check_labels(y, pred.shape[1], "y")
+        y = np.asarray(y)
+        if y.shape != pred.shape[1:]:
+            raise UserError(f"y must be a 1-D array of {pred.shape[1]} labels, got shape {y.shape}")
         return (pred == y[None]).mean(1)
+
+    def head(self, h: int) -> SGDHead:
+        """Head `h` (in ``heads_`` order) as a fitted single-head classifier (predict ``[N]``, predict_proba, ...)."""
+        self._check_fitted()
+        if not -len(self.heads_) <= h < len(self.heads_):
+            raise UserError(f"head {h} does not exist; this SGDHeads has {len(self.heads_)} heads")
+        lr, seed = self.head_params_[h]
+        params = {k: v for k, v in self.get_params().items() if k in SGDHead._PARAMS}
+        one = SGDHead(lr, seed, **params)
+        one.W_, one.b_ = self.W_[h:h + 1].clone(), self.b_[h:h + 1].clone()
+        one.coef_, one.intercept_ = self.coef_[h].copy(), self.intercept_[h].copy()
+        one.classes_, one.n_classes_, one.n_features_in_ = self.classes_, self.n_classes_, self.n_features_in_
+        one.n_steps_ = int(self.head_n_steps_[h])
+        return one
+
+
+class SGDHead(SingleHead):
+    """One SGD logistic head (`SGDHeads` with a single lr and seed): a plain scikit-learn classifier.
+
+    Same recipe and defaults as `SGDHeads`; learned ``classes_``, ``coef_ [C, D]``,
+    ``intercept_ [C]``, ``n_steps_``. `SGDHeads.head` returns these for trained heads.
+    """
+
+    _PARAMS = ("batch_size", "epochs", "momentum", "weight_decay", "schedule", "head_init", "init", "n_classes",
+               "device", "storage_dtype")
+
+    def __init__(self, lr: float = 0.001, seed: int = 0, *, batch_size: int = 32768, epochs: float = 100,
+                 momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant", head_init: str = "uniform",
+                 init=None, n_classes: int | None = None, device=None, storage_dtype: str = "float32"):
+        self.lr = lr
+        self.seed = seed
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.schedule = schedule
+        self.head_init = head_init
+        self.init = init
+        self.n_classes = n_classes
+        self.device = device
+        self.storage_dtype = storage_dtype
+
+    def fit(self, X, y, eval_sets=None, callback: Callable[[EvalPoint], None] | None = None) -> SGDHead:
+        params = {k: getattr(self, k) for k in self._PARAMS}
+        many = SGDHeads([self.lr], [self.seed], eval_every=1 if callback else 0, **params).fit(X, y, eval_sets, callback)
+        fitted = many.head(0)
+        for k in ("W_", "b_", "coef_", "intercept_", "classes_", "n_classes_", "n_features_in_", "n_steps_"):
+            setattr(self, k, getattr(fitted, k))
+        return self
 
 
 def head_steps(sizes: Sequence[int], batch_size: int, epochs: float, budget: str = "epochs") -> np.ndarray:

@@ -266,3 +266,21 @@ def test_row_set_heads_resume_equals_uninterrupted(digits):
     np.testing.assert_array_equal(b.coef_, full.coef_)
     key = lambda p: (p.step, None if p.heads is None else tuple(p.heads), tuple(p.acc["t"]))  # noqa: E731
     assert [key(p) for p in seen_a if p.step <= 9] + [key(p) for p in seen_b] == [key(p) for p in seen_full]
+
+
+
+
+@pytest.mark.parametrize("row_sets", [False, True])
+def test_dense_step_equals_gathered_step(digits, monkeypatch, row_sets):
+    """Large batches take one wide product over all rows (row weights = batch membership): same heads as gathering."""
+    import probekit.heads.sgd as sgd
+
+    X, y, _, _ = digits
+    kw = dict(batch_size=900, epochs=3, device="cpu", heads=[(0.1, 0), (0.5, 1), (1.0, 2)])
+    rows = [np.arange(0, 1200, 2), np.arange(1200), np.arange(300, 1000)] if row_sets else None
+    dense = SGDHeads(**kw).fit(X, y, head_rows=rows)
+    monkeypatch.setattr(sgd, "DENSE_BATCH_FRACTION", 1e9)
+    gathered = SGDHeads(**kw).fit(X, y, head_rows=rows)
+    assert dense.dense_steps_ and not gathered.dense_steps_
+    np.testing.assert_allclose(dense.coef_, gathered.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dense.intercept_, gathered.intercept_, rtol=1e-4, atol=1e-6)

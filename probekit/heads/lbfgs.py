@@ -29,6 +29,7 @@ says which criterion stopped it (`optim.LBFGS.run`).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -84,6 +85,7 @@ class _Solve:
     def __init__(self, l2: float, state: LBFGS, refit: bool = False):
         self.l2, self.state, self.refit = l2, state, refit
         self.evaluations = 0
+        self.seconds = 0.0  # wall clock of its solve
         self.curvature = 1.0  # mean softmax curvature at the last evaluation (the next λ's preconditioner)
         self.recorded = -1  # last iteration handed to the callback
         self.request: torch.Tensor | None = None
@@ -129,7 +131,7 @@ class LBFGSLogistic(SingleHead):
     the order solved: strongest first), ``n_iter_ [L]`` (iterations, aligned with
     ``l2_grid_``), ``path_coef_ [L, C, D]``, ``path_intercept_ [L, C]``, ``objective_ {λ:
     Σ CE + λ/2‖W‖²}``, ``converged_ {λ: bool}``, ``stop_reason_ {λ: str}``, ``tol_ {λ}``,
-    ``grad_max_ {λ}``. ``init=(W [C, D], b [C])`` starts the first λ from given weights
+    ``grad_max_ {λ}``, ``solve_seconds_ {λ}``. ``init=(W [C, D], b [C])`` starts the first λ from given weights
     (e.g. zero-shot). Labels may be any sortable values; with ``n_classes`` they must be
     the indices ``0..n_classes-1`` (a feature file's label space).
     """
@@ -264,7 +266,9 @@ class LBFGSLogistic(SingleHead):
             else:
                 theta, fgc = theta0, evaluate(data, [theta0], [l2])[0]
             s = new_solve(data, l2, theta, fgc)
+            t = time.perf_counter()
             drive(data, [s], select_tol)
+            s.seconds = time.perf_counter() - t
             solves.append(s)
         self.tol_ = {s.l2: select_tol for s in solves}
 
@@ -280,13 +284,16 @@ class LBFGSLogistic(SingleHead):
             self.chosen_l2_ = grid[0]
         chosen = solves[grid.index(self.chosen_l2_)]
         if select_tol > self.tol:  # carry on with the same iterate and curvature pairs
+            t = time.perf_counter()
             drive(data, [chosen], float(self.tol))
+            chosen.seconds += time.perf_counter() - t
             self.tol_[chosen.l2] = float(self.tol)
             path[grid.index(self.chosen_l2_)] = chosen.state.x
         self.n_iter_ = np.array([s.state.iterations for s in solves], dtype=np.int64)
         self.objective_ = {s.l2: s.state.f * data.N for s in solves}
         self.grad_max_ = {s.l2: s.state.grad_max for s in solves}
         self.stop_reason_ = {s.l2: s.state.stop_reason for s in solves}
+        self.solve_seconds_ = {s.l2: s.seconds for s in solves}
         self.converged_ = {s.l2: s.state.stop_reason == "gtol" for s in solves}
         final = chosen.state.x
         if self.refit and val_set is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 F64 = torch.float64
+FLOOR = 1e-2  # eigenvalues of Σ are raised to FLOOR × their mean in the preconditioner
 
 
 class LogisticData:
@@ -103,15 +104,15 @@ class CovariancePreconditioner:
 
     In the centred coordinates ``(W, c = b + Wᵀμ)`` the Hessian is ≈ ``(a Σ + λ/N) ⊗ I`` for
     W (exactly ``λ/N`` along the class-mean direction, where the loss is flat) and ``a`` for
-    c; ``M`` applies its inverse and maps back. Eigenvalues below ``floor · max(s)`` are
+    c; ``M`` applies its inverse and maps back. Eigenvalues below ``floor · mean(s)`` are
     raised to it, so directions of (nearly) no variance in the sample are not over-stepped.
     """
 
     def __init__(self, U: torch.Tensor, s: torch.Tensor, mu: torch.Tensor, n_classes: int, l2_over_n: float,
-                 curvature: float, floor: float = 1e-6):
+                 curvature: float, floor: float = FLOOR):
         self.U, self.mu, self.C = U, mu, int(n_classes)
         self.a = max(float(curvature), 1e-4)
-        s = s.clamp(min=floor * float(s.max()) if s.numel() else 0.0)
+        s = s.clamp(min=floor * float(s.mean()) if s.numel() else 0.0)
         self.d = 1.0 / (self.a * s + l2_over_n)
         self.mean_gain = 1.0 / l2_over_n
         self.D = U.shape[0]

@@ -238,6 +238,10 @@ class SGDHeads(FittedHeads):
         plan = _BatchPlan(N, H, int(self.batch_size), self.epochs, self.budget, gens, dev, head_rows)
         total = plan.total
         rows = max(1, int(self.max_gather_elems) // (H * D))
+        # Large batches (BiT: 32768 of 60k rows) cost less as one wide product over all rows with
+        # each head's batch as row weights than as H gathered copies and H narrow products.
+        dense = DENSE_BATCH_FRACTION * N <= H * int(plan.B.max()) and N * H <= (1 << 31)
+        self.dense_steps_ = bool(dense)
         eval_every = int(self.eval_every)
         ids = [h["head"] for h in self.heads_]
         at = [0]  # steps done so far: a snapshot is only ever taken of the live state
@@ -272,33 +276,10 @@ class SGDHeads(FittedHeads):
         with torch.no_grad():
             for t in range(start, plan.n_steps):
                 idx, valid, nb = plan.batch(t)  # [H, b] rows; [H, b] 0/1 mask or None; [H] or int batch sizes
-                gW = torch.zeros_like(W)
-                gb = torch.zeros_like(b)
-                loss = torch.zeros(H, device=dev)
-                for s in range(0, idx.shape[1], rows):
-                    sub = idx[:, s:s + rows]
-                    Xb = Xs[sub].float()  # [H, r, D]
-                    logits = torch.baddbmm(b.unsqueeze(1), Xb, W)  # [H, r, C]
-                    lse = torch.logsumexp(logits, -1)
-                    yb = yt[sub]  # [H, r]
-                    nll = lse - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)
-                    p = torch.softmax(logits, -1)
-                    p.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(yb, -1, dtype=p.dtype).unsqueeze(-1))
-                    if valid is not None:  # padding rows of heads with a shorter (or no) batch count zero
-                        v = valid[:, s:s + rows]
-                        nll = nll * v
-                        p = p * v.unsqueeze(-1)
-                    loss += nll.sum(1)
-                    gW += torch.bmm(p.transpose(1, 2), Xb).transpose(1, 2)  # [H, C, r] @ [H, r, D]
-                    gb += p.sum(1)
-                if valid is None:
-                    gW /= nb
-                    gb /= nb
-                    loss /= nb
+                if dense:
+                    gW, gb, loss = _dense_grads(Xs, yt, W, b, idx, valid, nb, int(self.max_gather_elems))
                 else:
-                    gW /= nb[:, None, None]
-                    gb /= nb[:, None]
-                    loss /= nb
+                    gW, gb, loss = _gathered_grads(Xs, yt, W, b, idx, valid, nb, rows)
                 if self.weight_decay:
                     gW.add_(W, alpha=self.weight_decay)
                     gb.add_(b, alpha=self.weight_decay)
@@ -420,6 +401,67 @@ def head_steps(sizes: Sequence[int], batch_size: int, epochs: float, budget: str
     spe = -(-sizes // np.minimum(int(batch_size), sizes))
     own = np.maximum(1, np.round(epochs * spe)).astype(np.int64)
     return np.full(len(sizes), own.max()) if budget == "steps" else own
+
+
+DENSE_BATCH_FRACTION = 2.0  # one wide product over all N rows when the heads' batches hold ≥ 2 N rows in all
+
+
+def _gathered_grads(Xs, yt, W, b, idx, valid, nb, rows: int):
+    """Mean gradients and loss of every head on its own minibatch, gathering ``X[idx_h]`` per head."""
+    H = W.shape[0]
+    gW = torch.zeros_like(W)
+    gb = torch.zeros_like(b)
+    loss = torch.zeros(H, device=W.device)
+    for s in range(0, idx.shape[1], rows):
+        sub = idx[:, s:s + rows]
+        Xb = Xs[sub].float()  # [H, r, D]
+        logits = torch.baddbmm(b.unsqueeze(1), Xb, W)  # [H, r, C]
+        lse = torch.logsumexp(logits, -1)
+        yb = yt[sub]  # [H, r]
+        nll = lse - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)
+        p = torch.softmax(logits, -1)
+        p.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(yb, -1, dtype=p.dtype).unsqueeze(-1))
+        if valid is not None:  # padding rows of heads with a shorter (or no) batch count zero
+            v = valid[:, s:s + rows]
+            nll = nll * v
+            p = p * v.unsqueeze(-1)
+        loss += nll.sum(1)
+        gW += torch.bmm(p.transpose(1, 2), Xb).transpose(1, 2)  # [H, C, r] @ [H, r, D]
+        gb += p.sum(1)
+    if valid is None:
+        return gW / nb, gb / nb, loss / nb
+    return gW / nb[:, None, None], gb / nb[:, None], loss / nb
+
+
+def _dense_grads(Xs, yt, W, b, idx, valid, nb, max_elems: int):
+    """The same gradients from one ``X [N, D] @ W [D, H·C]`` product over all rows (in row chunks):
+    row ``n`` weighs ``1/nb_h`` times the number of times it is in head ``h``'s batch, else 0."""
+    H, D, C = W.shape
+    N = Xs.shape[0]
+    weight = torch.zeros(N, H, device=W.device)
+    w = torch.ones_like(idx, dtype=torch.float32) if valid is None else valid
+    weight.scatter_add_(0, idx.T, (w / (nb if valid is None else nb[:, None])).T)
+    flat = W.permute(1, 0, 2).reshape(D, H * C)
+    gWt = torch.zeros(H * C, D, device=W.device)
+    gb = torch.zeros(H, C, device=W.device)
+    loss = torch.zeros(H, device=W.device)
+    rows = max(1, max_elems // max(D, H * C))
+    for s in range(0, N, rows):
+        Xc, yc, wc = Xs[s:s + rows].float(), yt[s:s + rows], weight[s:s + rows]
+        keep = wc.sum(1) > 0
+        if not bool(keep.all()):  # rows no head uses this step
+            Xc, yc, wc = Xc[keep], yc[keep], wc[keep]
+        r = Xc.shape[0]
+        logits = (Xc @ flat).view(r, H, C) + b
+        lse = torch.logsumexp(logits, -1)
+        pick = yc.view(r, 1, 1).expand(r, H, 1)
+        loss += ((lse - logits.gather(-1, pick).squeeze(-1)) * wc).sum(0)
+        p = torch.softmax(logits, -1)
+        p.scatter_add_(-1, pick, torch.full((r, H, 1), -1.0, device=W.device))
+        p *= wc.unsqueeze(-1)
+        gWt += p.view(r, H * C).T @ Xc
+        gb += p.sum(0)
+    return gWt.view(H, C, D).transpose(1, 2), gb, loss
 
 
 class _BatchPlan:

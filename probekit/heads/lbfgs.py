@@ -93,9 +93,9 @@ class _Solve:
 
     def start(self, tol: float, max_iter: int) -> None:
         self.gen = self.state.run(tol, max_iter)
-        self._advance(None)
+        self.advance(None)
 
-    def _advance(self, value) -> list[int]:
+    def advance(self, value) -> list[int]:
         """Send `value`, run to the next evaluation request; returns the iterations completed meanwhile."""
         done = []
         try:
@@ -251,7 +251,7 @@ class LBFGSLogistic(SingleHead):
                 for s, (f, g, curv) in zip(active, res):
                     s.evaluations += 1
                     s.curvature = curv
-                    done = s._advance((f, g))
+                    done = s.advance((f, g))
                     if (every and any(it % every == 0 for it in done)) or (not s.active and s.recorded != s.state.iterations):
                         due.append(s)
                 report(data, due)

@@ -60,10 +60,10 @@ else
     # already-installed packages make these quick no-ops; a failed install still lets the stages try
     # limits add up to 480 s (8 minutes)
     stage install 60 bash -c "$PY -m pip install -q 'torch==2.14.1' 'torchvision==0.29.1' && $PY -m pip install -q -e '.[test]'"
-    stage pytest 180 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$PARTS/pytest.xml"
-    bench extract 75
+    stage pytest 170 "$PY" -m pytest -m gpu -q -p no:cacheprovider --junitxml="$PARTS/pytest.xml"
+    bench extract 90
     bench sgd 40
-    bench lbfgs 70
+    bench lbfgs 65
     bench finetune 55
 fi
 

@@ -35,6 +35,7 @@ def test_dry_run_writes_one_report_with_every_stage(tmp_path):
     extract = stages["extract"]["result"]["models"]
     assert len(extract) == 2
     for r in extract.values():
+        assert "error" not in r, r.get("traceback")
         assert r["bare_images_per_s"] > 0
         for source in ("from_tensors", "from_folder"):
             assert 0 < r[source]["ratio_vs_bare"] and r[source]["images_per_s_end_to_end"] > 0

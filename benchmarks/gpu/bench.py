@@ -243,6 +243,38 @@ def probekit_extract(model: str, dataset: str, s: Sizes, workers: int | None) ->
     return out
 
 
+def _extract_model(name: str, s: Sizes, folder: Path, labels: np.ndarray, dev, cpus: int, deadline: float) -> dict:
+    """Bare forward vs probekit from tensors and from the JPEG folder, for one model."""
+    torch = _torch()
+    from probekit.backbones import create_backbone
+    from probekit.datasets import create_dataset
+
+    bb = create_backbone(name, "none", image_size=s.extract_size)
+    ds = create_dataset(MEMORY_SET, "all", transform=bb.transform)
+    x_host = _preprocessed(ds, s.extract_batch, 0 if s.device == "cpu" else min(16, cpus))
+    x = x_host.to(dev)
+    model = bb.model.to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    batches = list(x.split(s.extract_batch))
+    bare = [bare_forward(model, batches, dev, torch.bfloat16)]
+    tensor_set = register_tensor_set(x_host, labels, f"gpu-bench-tensors-{name}")
+    r = {"bare_images_per_s": None, "from_tensors": probekit_extract(name, tensor_set, s, None),
+         "from_folder": probekit_extract(name, f"folder:{folder}", s, None)}
+    if cpus > 8 and time.time() < deadline:  # probekit's default is min(8, CPUs) workers on CUDA
+        r["from_folder_all_cpus"] = probekit_extract(name, f"folder:{folder}", s, cpus)
+    bare.append(bare_forward(model, batches, dev, torch.bfloat16))  # again, after: load drift shows as a spread
+    del model, batches, x, x_host
+    r["bare_images_per_s"] = float(np.mean(bare))
+    r["bare_spread"] = [round(b, 1) for b in bare]
+    for key in ("from_tensors", "from_folder", "from_folder_all_cpus"):
+        if key in r:
+            rate = r[key].get("images_per_s_loop", r[key]["images_per_s_end_to_end"])
+            r[key]["ratio_vs_bare"] = rate / r["bare_images_per_s"]
+    return r
+
+
 def stage_extract(s: Sizes, deadline: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "jpegs"
@@ -252,9 +284,6 @@ def stage_extract(s: Sizes, deadline: float) -> dict:
         gen_s = time.perf_counter() - t
         register_memory_set(images, labels)
         torch = _torch()
-        from probekit.backbones import create_backbone
-        from probekit.datasets import create_dataset
-
         dev = torch.device(s.device)
         cpus = os.cpu_count() or 1
         result = {"images": s.images, "image_wh": list(s.image_wh), "jpeg_bytes_mean": int(np.mean([os.path.getsize(p) for p in paths])),
@@ -264,36 +293,18 @@ def stage_extract(s: Sizes, deadline: float) -> dict:
             if time.time() > deadline:
                 result["models"][name] = {"skipped": "stage budget spent"}
                 continue
-            bb = create_backbone(name, "none", image_size=s.extract_size)
-            ds = create_dataset(MEMORY_SET, "all", transform=bb.transform)
-            x_host = _preprocessed(ds, s.extract_batch, 0 if s.device == "cpu" else min(16, cpus))
-            x = x_host.to(dev)
-            model = bb.model.to(dev)
-            if dev.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
-                x = x.contiguous(memory_format=torch.channels_last)
-            batches = list(x.split(s.extract_batch))
-            bare = [bare_forward(model, batches, dev, torch.bfloat16)]
-            tensor_set = register_tensor_set(x_host, labels, f"gpu-bench-tensors-{name}")
-            r = {"bare_images_per_s": None, "from_tensors": probekit_extract(name, tensor_set, s, None),
-                 "from_folder": probekit_extract(name, f"folder:{folder}", s, None)}
-            if cpus > 8 and time.time() < deadline:  # probekit's default is min(8, CPUs) workers on CUDA
-                r["from_folder_all_cpus"] = probekit_extract(name, f"folder:{folder}", s, cpus)
-            bare.append(bare_forward(model, batches, dev, torch.bfloat16))  # again, after: load drift shows as a spread
-            del model, batches, x, x_host
-            r["bare_images_per_s"] = float(np.mean(bare))
-            r["bare_spread"] = [round(b, 1) for b in bare]
-            for key in ("from_tensors", "from_folder", "from_folder_all_cpus"):
-                if key in r:
-                    rate = r[key].get("images_per_s_loop", r[key]["images_per_s_end_to_end"])
-                    r[key]["ratio_vs_bare"] = rate / r["bare_images_per_s"]
-            result["models"][name] = r
+            try:
+                result["models"][name] = _extract_model(name, s, folder, labels, dev, cpus, deadline)
+            except Exception as e:  # noqa: BLE001 - one model failing must not lose the other's figures
+                import traceback
+
+                result["models"][name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     parts = []
     for name, r in result["models"].items():
-        if "skipped" in r:
-            parts.append(f"{name} skipped")
+        if "skipped" in r or "error" in r:
+            parts.append(f"{name} {r.get('skipped') or r['error']}")
             continue
         parts.append(f"{name} bare {r['bare_images_per_s']:.0f} img/s, probekit from tensors {r['from_tensors']['ratio_vs_bare']:.2f}x, "
                      f"from JPEG folder {r['from_folder']['ratio_vs_bare']:.2f}x"
@@ -514,7 +525,14 @@ def stage_finetune(s: Sizes, deadline: float) -> dict:
     register_memory_set(images, labels)
     plain_amp_loop(s, images, labels, max(1, s.ft_steps // 20))  # warm-up: CUDA context, cuDNN and cuBLAS handles
     plain = plain_amp_loop(s, images, labels, s.ft_steps)
-    pk = probekit_finetune(s, s.ft_steps)
+    try:
+        pk = probekit_finetune(s, s.ft_steps)
+    except Exception as e:  # keep the plain loop's figure
+        import traceback
+
+        traceback.print_exc()
+        return {"plain": plain, "probekit": {"error": f"{type(e).__name__}: {e}"},
+                "summary": f"plain AMP loop {plain['images_per_s']:.0f} img/s; probekit finetune failed: {type(e).__name__}: {e}"}
     key = "steady_images_per_s" if "steady_images_per_s" in pk and "steady_images_per_s" in plain else "images_per_s"
     ratio = pk[key] / plain[key]
     result = {"model": s.ft_model, "image_size": s.ft_size, "batch_size": s.ft_batch, "steps": s.ft_steps,

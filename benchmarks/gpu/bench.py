@@ -421,7 +421,8 @@ def stage_lbfgs(s: Sizes, deadline: float) -> dict:
         stopped = True
     _sync(dev)
     seconds = time.perf_counter() - t
-    n_iter = {f"{k:.3g}": int(v) for k, v in iters.items()}  # the last callback of each λ is its final iterate
+    solved = iters if stopped else dict(zip(est.l2_grid_, est.n_iter_))  # n_iter_: aligned with l2_grid_
+    n_iter = {f"{k:.3g}": int(v) for k, v in solved.items()}
     total = sum(n_iter.values())
     done = getattr(est, "converged_", None) if not stopped else None
     converged = {f"{k:.3g}": bool(v) for k, v in done.items()} if isinstance(done, dict) else {}

@@ -21,8 +21,9 @@ from probekit import extract as E
 pytestmark = GPU
 
 # (precision, DataLoader workers, max relative error vs CPU fp32, min per-row cosine). fp32 on CUDA
-# convolves in TF32 (PyTorch's cuDNN default), so it is close to, not equal to, the CPU.
-CASES = [("fp32", 0, 1e-2, 0.9999), ("bf16", 2, 6e-2, 0.995), ("fp16", 2, 2e-2, 0.999)]
+# convolves in TF32 (PyTorch's cuDNN default: fp16's 10-bit mantissa), so it is close to, not equal
+# to, the CPU. A broken path (NaN, wrong layout, unsynchronised copy) is off by ~1, far outside these.
+CASES = [("fp32", 0, 2e-2, 0.999), ("bf16", 2, 8e-2, 0.99), ("fp16", 2, 3e-2, 0.998)]
 BATCH = 32
 
 

@@ -592,6 +592,8 @@ def collect(parts: Path, out: Path, dry_run: bool) -> dict:
         part = parts / f"{name}.json"
         if part.exists():
             entry["result"] = json.loads(part.read_text())
+            if state == "timeout":  # its figures were written: only the process's exit ran past the limit
+                entry["status"] = "late"
         if name == "pytest":
             entry["result"] = _pytest_report(parts / "pytest.xml")
         log = parts / f"{name}.log"

@@ -66,10 +66,9 @@ def test_each_precision_is_its_own_entry(on_device, cpu_fp32, weights):
     assert len(list(paths["fp32"].parent.glob("*.h5"))) == 3
     assert paths["fp32"].name == cpu_fp32.path.name  # the device is not part of the key: fp32 is fp32
     folder = paths["fp32"].parent
-    for precision, path in paths.items():  # each is found again by its own attributes
-        found = cache.find_features(MODEL, "digits:test", weights=str(weights), cache_dir=folder, image_size=SIZE,
-                                    precision=precision)
-        assert found == path
+    for precision, path in paths.items():  # each is where its own key puts it
+        assert E.entry_for(MODEL, "digits", "test", weights=str(weights), cache_dir=folder, image_size=SIZE,
+                           precision=precision) == path
 
 
 def test_float16_storage_on_device(on_device, weights, tmp_path):

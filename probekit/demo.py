@@ -8,8 +8,11 @@ scanning), the backbone is the bundled EfficientNet-Lite0. The demo
    lengths and data sizes, and logistic regression on raw pixels — and fits the logit baseline;
 3. trains SGD heads (several learning rates and seeds) and the L-BFGS L2 sweep on the features,
    logging ER at every iteration;
-4. fine-tunes the pretrained backbone end to end for a short run, logging ER;
-5. writes figures and a summary of peak ER, final ER and when ER peaked.
+4. runs the data ablations on the features: subset sizes × seeds, and difficulty (easiest /
+   hardest / random examples by C-scores that `probekit cscore` estimates from the features),
+   all cells in one batched SGD pass (`probekit ablate`);
+5. fine-tunes the pretrained backbone end to end for a short run, logging ER;
+6. writes figures and a summary of peak ER, final ER and when ER peaked.
 
 Every stage writes an ordinary run folder, so a second run reuses what is complete. Nothing is
 skipped or faked: the summary reports whatever the numbers turn out to be.
@@ -53,6 +56,12 @@ class DemoSettings:
     finetune_eval_per_class: int = 30
     finetune_lr: float = 0.01
     finetune_batch_size: int = 32
+    ablation_sizes: tuple = (5, 20, 50, "all")  # examples per class
+    ablation_seeds: tuple = (0, 1, 2)
+    ablation_difficulty_size: int = 20        # examples per class of the easiest / hardest / random subsets
+    ablation_lr: float = 0.1
+    ablation_epochs: int = 40
+    cscore_heads_per_ratio: int = 8
     quick: bool = False
 
     @classmethod
@@ -60,6 +69,7 @@ class DemoSettings:
         return cls(image_size=64, cnn_runs=((10, 40), (30, 100), (None, 200)), pixel_sizes=(5, None),
                    sgd_lrs=(0.01, 0.1), sgd_seeds=(0, 1), sgd_epochs=20, lbfgs_max_iter=100,
                    finetune_image_size=48, finetune_steps=30, finetune_eval_every=10, finetune_eval_per_class=10,
+                   ablation_sizes=(5, 20, "all"), ablation_seeds=(0, 1), ablation_epochs=15, cscore_heads_per_ratio=4,
                    quick=True)
 
 
@@ -70,6 +80,7 @@ class DemoResult:
     rows: list[dict] = field(default_factory=list)
     figures: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    ablation: list[dict] = field(default_factory=list)  # one row per ablation cell (probekit.ablate.report)
 
 
 def _stage(out: Path, name: str, settings_key: dict, build) -> Path:
@@ -86,7 +97,7 @@ def _stage(out: Path, name: str, settings_key: dict, build) -> Path:
 
 
 def _say(step: int, text: str) -> None:
-    print(f"[{step}/5] {text}", flush=True)
+    print(f"[{step}/6] {text}", flush=True)
 
 
 def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, device: str | None = None,
@@ -124,7 +135,10 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
     lbfgs = _stage(out, "heads-lbfgs", run_key, lambda d: train_head(
         ID_TRAIN, ID_TEST, [OOD], solver="lbfgs", val=0.2, max_iter=s.lbfgs_max_iter, out=d, **common))
 
-    _say(4, f"fine-tuning {BACKBONE} end to end for {s.finetune_steps} steps at {s.finetune_image_size} px")
+    _say(4, "data ablations: subset sizes x seeds and difficulty by estimated C-scores, in one batched pass")
+    ablation = _ablation(out, s, run_key, common)
+
+    _say(5, f"fine-tuning {BACKBONE} end to end for {s.finetune_steps} steps at {s.finetune_image_size} px")
     from probekit.finetune import FinetuneConfig, finetune
 
     ft = _stage(out, "finetune", run_key, lambda d: finetune(FinetuneConfig(
@@ -133,15 +147,49 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
         image_size=s.finetune_image_size, eval_every=s.finetune_eval_every, eval_subset=s.finetune_eval_per_class,
         baselines=[str(baseline_path)], device=device, overwrite=True)))
 
-    _say(5, f"writing figures and the summary to {out}/")
+    _say(6, f"writing figures and the summary to {out}/")
     result = DemoResult(out=out, baseline=baseline)
     result.figures = _figures(out, [sgd, lbfgs, ft], baseline, testbed)
+    from probekit.ablate.report import ablation_table, cell_folders
+    from probekit.plots import plot_ablation
+
+    result.figures += plot_ablation(cell_folders(ablation), out / "ablation", baseline=baseline, testbed_points=testbed, ood_set=OOD)
+    result.ablation = ablation_table(ablation)
     result.rows = summary_rows([sgd, lbfgs, ft])
     result.seconds = time.time() - t0
     _write_summary(result, s)
     print(format_table(result.rows))
     print(f"done in {result.seconds:.0f} s; figures and summary in {out}/")
     return result
+
+
+# -- stage 4: data ablations -------------------------------------------------------------------
+
+def _ablation(out: Path, s: DemoSettings, key: dict, common: dict) -> Path:
+    """C-scores estimated from the features, then sizes × seeds and easiest / hardest / random cells as one ablate run."""
+    from probekit.ablate.cscore import estimate_cscores, write_cscores
+    from probekit.ablate.grid import make_grid
+    from probekit.ablate.run import ablate
+
+    folder = out / "ablation"
+    stamp = folder / "demo-settings.json"
+    key = json.loads(json.dumps(key))
+    fresh = not (stamp.exists() and json.loads(stamp.read_text()) == key)
+    cscores = out / "cscores.npz"
+    feature_source = {k: common[k] for k in ("model", "cache_dir", "image_size")}
+    if fresh or not cscores.exists():
+        est = estimate_cscores(ID_TRAIN, heads_per_ratio=s.cscore_heads_per_ratio, device=common["device"], progress=False,
+                               **feature_source)
+        write_cscores(cscores, est, overwrite=True)
+        print(f"  {len(est.scores)} C-scores from {est.n_heads} heads, split-half Spearman {est.split_half_spearman:.2f}")
+    grid = make_grid(sizes=s.ablation_sizes, difficulty=("easiest", "hardest", "random"),
+                     difficulty_size=s.ablation_difficulty_size, seeds=s.ablation_seeds, lrs=[s.ablation_lr])
+    res = ablate(ID_TRAIN, ID_TEST, [OOD], out=folder, grid=grid, cscores=cscores, overwrite=fresh, baseline=common["baseline"],
+                 device=common["device"], epochs=s.ablation_epochs, batch_size=s.sgd_batch_size, progress=False, **feature_source)
+    if res.skipped and not res.ran:
+        print(f"  reusing {folder} (complete)")
+    atomic_write_json(stamp, key)
+    return folder
 
 
 # -- stage 2: the from-scratch testbed ---------------------------------------------------------
@@ -238,9 +286,11 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _write_summary(result: DemoResult, s: DemoSettings) -> None:
+    from probekit.ablate.report import table_markdown
+
     b = result.baseline
     summary = {"settings": asdict(s), "seconds": round(result.seconds, 1), "baseline": b.to_json(),
-               "rows": result.rows, "figures": [p.name for p in result.figures]}
+               "rows": result.rows, "ablation": result.ablation, "figures": [p.name for p in result.figures]}
     atomic_write_json(result.out / "summary.json", summary)
     text = [
         "# probekit demo: digits → MNIST-5k with EfficientNet-Lite0", "",
@@ -248,6 +298,8 @@ def _write_summary(result: DemoResult, s: DemoSettings) -> None:
         "ER is OOD accuracy above the logit-linear fit through models trained from scratch, in accuracy points.", "",
         format_table(result.rows), "",
         "![ID vs OOD](id_vs_ood.png)", "", "![ER curves](er_curves.png)", "",
+        "## Data ablations (SGD heads, one batched pass; difficulty by C-scores estimated from the features)", "",
+        table_markdown(result.ablation) if result.ablation else "(no cells)", "", "![ablations](ablation.png)", "",
         f"Settings: {'quick' if s.quick else 'full'}; took {result.seconds:.0f} s.", "",
     ]
     atomic_write_text(result.out / "summary.md", "\n".join(text))

@@ -34,6 +34,13 @@ def test_demo_writes_runs_figures_and_summary(demo):
     sgd = [r for r in summary["rows"] if r["run"] == "heads-sgd"]
     assert min(r["acc_id"] for r in sgd) > 0.8  # pretrained features separate digits well
     assert "| run | head |" in (out / "summary.md").read_text()
+    for figure in ("ablation.png", "ablation.svg"):
+        assert (out / figure).stat().st_size > 1000, figure
+    cells = {r["cell"]: r for r in summary["ablation"]}
+    assert len(cells) == 12 and all(r["complete"] for r in cells.values())  # 3 sizes + 3 difficulties, 2 seeds each
+    assert cells["size=5,seed=0,lr=0.1"]["n_train"] == 50 and cells["difficulty=hardest,seed=1,lr=0.1"]["n_train"] == 200
+    assert all(r["er:mnist5k:test"] is not None for r in cells.values())
+    assert "## Data ablations" in (out / "summary.md").read_text()
     testbed = (out / "testbed.csv").read_text().splitlines()
     assert testbed[0] == "model,id,ood" and len(testbed) == 1 + summary["baseline"]["n"]
 
@@ -43,5 +50,5 @@ def test_second_run_reuses_complete_stages(demo, capsys):
     before = (out / "heads-sgd" / "log.jsonl").stat().st_mtime_ns
     assert main(["demo", "--quick", "--out", str(out), "--cache-dir", str(cache)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("reusing") >= 5  # testbed runs, both head runs and the fine-tuning run
+    assert printed.count("reusing") >= 6  # testbed runs, both head runs, the ablation and the fine-tuning run
     assert (out / "heads-sgd" / "log.jsonl").stat().st_mtime_ns == before

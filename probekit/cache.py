@@ -460,6 +460,9 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32, verify: b
 
     path = Path(path)
     attrs = read_attrs(path)
+    if "key" not in attrs and "backbone" not in attrs:  # readable HDF5, but not written by `probekit extract`
+        raise UserError(f"{path} is an HDF5 file but not a probekit feature file (no probekit attributes); pass a file "
+                        f"written by `probekit extract` (`probekit cache ls` lists them)")
     cmd = rebuild_command(attrs, path)
     if not attrs.get("complete") or path.name.endswith(PARTIAL):
         done, total = attrs.get("committed_positions", 0), attrs.get("total", "?")
@@ -591,11 +594,20 @@ def find_features(model: str, dataset_split: str, *, weights: str = "default", c
     raise UserError(f"no cached features for {model} on {dataset}:{split} match the current weights and data in {folder}; run `{cmd}`")
 
 
+FILE_SUFFIXES = (SUFFIX, ".hdf5", ".hdf", PARTIAL)
+
+
+def looks_like_feature_file(spec: str | os.PathLike) -> bool:
+    """Whether a feature spec names a file (any case of .h5 / .hdf5, a partial, an existing path), not dataset:split."""
+    text = os.fspath(spec)
+    return text.lower().endswith(FILE_SUFFIXES) or (os.sep in text and Path(text).exists())
+
+
 def resolve_features(spec: str | os.PathLike, *, model: str | None = None, cache_dir: str | os.PathLike | None = None,
                      dtype: Any = np.float32, **kw: Any) -> FeatureSet:
     """Features for `spec`: a feature-file path, or `dataset:split` looked up for `model`."""
     text = os.fspath(spec)
-    if text.endswith(SUFFIX) or text.endswith(PARTIAL) or os.sep in text and Path(text).exists():
+    if looks_like_feature_file(text):
         return load_features(text, dtype=dtype)
     if not model:
         raise UserError(f"{text!r} names a dataset split, so a model is needed to find its features; pass --model")
@@ -625,8 +637,10 @@ def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:
         rows = attrs.get("rows") if complete else attrs.get("committed_rows", 0)
         row.update(model=attrs.get("backbone", "?"), dataset=attrs.get("dataset", "?"), split=attrs.get("split", "?"),
                    rows=int(rows or 0), total=int(attrs.get("total", 0) or 0), dim=int(attrs.get("dim", 0) or 0),
-                   weight_id=attrs.get("weight_id", ""), status="complete" if complete else
-                   f"partial {attrs.get('committed_positions', 0)}/{attrs.get('total', '?')}")
+                   image_size=attrs.get("image_size") or None, weights=attrs.get("weights", ""),
+                   weight_id=attrs.get("weight_id", ""), feature_kind=attrs.get("feature_kind", ""),
+                   precision=attrs.get("precision", ""), dtype=attrs.get("dtype", ""),
+                   status="complete" if complete else f"partial {attrs.get('committed_positions', 0)}/{attrs.get('total', '?')}")
         out.append(row)
     return out
 
@@ -690,3 +704,55 @@ def merge_shards(shards: Sequence[Path], final_path: Path, *, attrs: dict, total
         with contextlib.suppress(FileNotFoundError):
             shard.unlink()
     return final_path
+
+
+# ---------------------------------------------------------------- housekeeping (cache rm / prune)
+
+
+def writer_alive(path: Path) -> bool:
+    """Whether a process holds the entry lock of `path` (final or partial): its writer is still running."""
+    name = path.name.removesuffix(PARTIAL)
+    if not name.endswith(SUFFIX):
+        return False
+    lock_path = path.with_name(name[: -len(SUFFIX)] + ".lock")
+    if not lock_path.exists():
+        return False
+    fd = os.open(lock_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_entry(path: Path) -> list[Path]:
+    """Delete one feature file and its lock file, refused while its writer runs; returns what was removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} is not a feature file of the store; see `probekit cache ls`")
+    if writer_alive(path):
+        raise UserError(f"{path.name} is being written by a running probekit extract; stop it first, or wait")
+    removed = [path]
+    path.unlink()
+    base = path.name.removesuffix(PARTIAL)
+    lock = path.with_name(base[: -len(SUFFIX)] + ".lock") if base.endswith(SUFFIX) else None
+    if lock is not None and lock.exists() and not lock.with_name(base).exists() and not lock.with_name(base + PARTIAL).exists():
+        lock.unlink()
+        removed.append(lock)
+    return removed
+
+
+def prunable_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Rows of `list_entries` that `cache prune` removes: partials whose writer is gone, and corrupt files."""
+    rows = []
+    for row in list_entries(cache_dir):
+        path = Path(row["path"])
+        if row["status"] == "complete" or writer_alive(path):
+            continue
+        if row["status"] == "corrupt" or path.name.endswith(PARTIAL) or path.name.endswith(".shard"):
+            rows.append(row)
+    return rows

@@ -30,6 +30,7 @@ import numpy as np
 
 from probekit import runlog
 from probekit.atomic import atomic_write_json, atomic_write_text
+from probekit.paths import output_dir
 
 BACKBONE = "efficientnet_lite0"
 ID_TRAIN, ID_TEST, OOD = "digits:train", "digits:test", "mnist5k:test"
@@ -107,8 +108,7 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
 
     t0 = time.time()
     s = settings or (DemoSettings.quick_settings() if quick else DemoSettings())
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     key = asdict(s)
 
     _say(1, f"extracting {BACKBONE} features at {s.image_size} px (cached after the first run)")

@@ -341,6 +341,18 @@ class Run:
         return [r for r in self.records if r.get("head") == head]
 
 
+def _read_json(path: Path) -> dict:
+    """A run folder's JSON file as a dict; a damaged one is a `UserError` naming it (probekit writes them atomically)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}: {str(e)[:80]}); it was not written by probekit "
+                        "or was edited since: restore it, or rerun the run into a new --out") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); restore it, or rerun the run into a new --out")
+    return data
+
+
 def read_run(run_dir: str | os.PathLike) -> Run:
     """Read a run folder written by `RunWriter`; refuses folders that are not runs."""
     run_dir = Path(run_dir)
@@ -348,9 +360,9 @@ def read_run(run_dir: str | os.PathLike) -> Run:
     if not log.exists():
         raise UserError(f"{run_dir} is not a probekit run folder (no {LOG_FILE}); pass the --out folder of train-head or finetune")
     config_path = run_dir / CONFIG_FILE
-    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config = _read_json(config_path) if config_path.exists() else {}
     records = list(read_records(log))
     complete = is_complete(run_dir)
-    summary = json.loads((run_dir / SUMMARY_FILE).read_text()) if complete else None
+    summary = _read_json(run_dir / SUMMARY_FILE) if complete else None
     heads = list(dict.fromkeys(r["head"] for r in records if "head" in r))
     return Run(run_dir, config, records, summary, complete, heads)

@@ -58,7 +58,7 @@ def test_percentages_negatives_nan_refused():
 
 
 def test_zero_and_one_clipped_only_with_n_and_reported():
-    with pytest.raises(UserError, match="pass n"):
+    with pytest.raises(UserError, match="strictly between 0 and 1"):
         transform(1.0)
     with pytest.warns(AccuracyClippedWarning):
         assert transform(1.0, n=100) == pytest.approx(math.log(0.995 / 0.005))
@@ -102,7 +102,7 @@ def test_er_is_vectorised_over_heads_and_clips_with_n_id():
     er2, clipped = effective_robustness(np.array([1.0, 0.5]), np.array([0.9, 0.4]), b, n_id=1000, return_clipped=True)
     assert clipped.tolist() == [True, False]
     assert er2[0] == pytest.approx(0.9 - inverse_transform(0.8 * math.log(0.9995 / 0.0005) - 0.4))
-    with pytest.raises(UserError, match="pass n"):
+    with pytest.raises(UserError, match="strictly between 0 and 1"):
         effective_robustness(1.0, 0.9, b)
     with pytest.raises(UserError, match="percentage"):
         effective_robustness(0.5, 45.0, b)

@@ -83,11 +83,18 @@ def _family_module(family: str):
     return importlib.import_module(_MODULES[family])
 
 
-def _check_image_size(image_size) -> int | None:
+IMAGE_SIZE_MIN = 8      # the stems of the supported families need at least this much input
+IMAGE_SIZE_MAX = 4096   # one 4096-px RGB batch of 64 is already 12 GiB; no published recipe comes near
+
+
+def check_image_size(image_size) -> int | None:
+    """`image_size` if it is a usable crop in pixels (or None), else a `UserError` saying the range."""
     if image_size is None:
         return None
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise UserError(f"image size must be a whole number of pixels >= 8, got {image_size!r}")
+    if (isinstance(image_size, bool) or not isinstance(image_size, int)
+            or not IMAGE_SIZE_MIN <= image_size <= IMAGE_SIZE_MAX):
+        raise UserError(f"image size must be a whole number of pixels from {IMAGE_SIZE_MIN} to {IMAGE_SIZE_MAX}, "
+                        f"got {image_size!r}")
     return image_size
 
 
@@ -103,7 +110,7 @@ def create_backbone(name: str, weights: str | os.PathLike | None = "default", *,
     """
     family, inner = resolve(name)
     parsed = W.parse_weights(weights)
-    size = _check_image_size(image_size)
+    size = check_image_size(image_size)
     if parsed == W.NONE:
         # Random init is drawn from a fixed seed, so a killed `--weights none` extract
         # resumes bit-identically and two runs make the same cache entry.
@@ -126,6 +133,6 @@ def create_classifier(name: str, num_classes: int, weights: str | os.PathLike | 
         raise UserError(f"num_classes must be a positive whole number, got {num_classes!r}")
     family, inner = resolve(name)
     parsed = W.parse_weights(weights)
-    classifier = _family_module(family).create_classifier(inner, num_classes, parsed, image_size=_check_image_size(image_size))
+    classifier = _family_module(family).create_classifier(inner, num_classes, parsed, image_size=check_image_size(image_size))
     classifier.name = name.strip()
     return classifier

@@ -64,6 +64,7 @@ def _data_config(model, image_size: int | None) -> EvalTransform:
     return EvalTransform(
         resize, crop, str(cfg.get("interpolation", "bilinear")),
         tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]),
+        crop_mode=str(cfg.get("crop_mode") or "center"),
     )
 
 

@@ -46,25 +46,38 @@ def resize_for_crop_pct(crop: int, crop_pct: float) -> int:
     return int(math.floor(crop / crop_pct))
 
 
+CROP_MODES = ("center", "squash", "border")
+
+
 @dataclass(frozen=True)
 class EvalTransform:
-    """PIL image (any mode) -> normalised float tensor [3, crop, crop]."""
+    """PIL image (any mode) -> normalised float tensor [3, crop, crop].
+
+    `crop_mode` follows timm's eval transform (`timm.data.transforms_imagenet_eval`):
+    "center" resizes the short side to `resize` and centre-crops; "squash" resizes both sides
+    to `resize` (aspect ratio not kept), then centre-crops; "border" resizes the long side to
+    `resize` and pads with the mean colour to the crop (nothing of the image is lost).
+    """
 
     resize: int
     crop: int
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop_mode: str = "center"
 
     def __post_init__(self):
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}")
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
 
     @property
     def transform_id(self) -> str:
         mean = ",".join(f"{m:.6g}" for m in self.mean)
         std = ",".join(f"{s:.6g}" for s in self.std)
-        return f"rgb|resize={self.resize}:{self.interpolation}|center_crop={self.crop}|mean={mean}|std={std}"
+        mode = "" if self.crop_mode == "center" else f"|crop_mode={self.crop_mode}"  # center: the ids of existing entries
+        return f"rgb|resize={self.resize}:{self.interpolation}|center_crop={self.crop}{mode}|mean={mean}|std={std}"
 
     def __call__(self, image):
         import torch
@@ -72,7 +85,27 @@ class EvalTransform:
         from torchvision.transforms import functional as F
 
         image = to_rgb(image)
-        image = F.resize(image, self.resize, interpolation=InterpolationMode(self.interpolation))
+        interpolation = InterpolationMode(self.interpolation)
+        if self.crop_mode == "squash":
+            image = F.resize(image, [self.resize, self.resize], interpolation=interpolation)
+        elif self.crop_mode == "border":
+            width, height = image.size
+            ratio = max(height / self.resize, width / self.resize)
+            image = F.resize(image, [round(height / ratio), round(width / ratio)], interpolation=interpolation)
+            image = _pad_to(image, self.crop, fill=tuple(round(255 * m) for m in self.mean))
+        else:
+            image = F.resize(image, self.resize, interpolation=interpolation)
         image = F.center_crop(image, [self.crop, self.crop])
         tensor = F.pil_to_tensor(image).to(torch.float32).div_(255.0)
         return F.normalize(tensor, self.mean, self.std)
+
+
+def _pad_to(image, size: int, fill: tuple[int, ...]):
+    """Pad a PIL image evenly (extra pixel right / bottom) to at least size x size with `fill`, like timm."""
+    from torchvision.transforms import functional as F
+
+    width, height = image.size
+    if width >= size and height >= size:
+        return image
+    pad_w, pad_h = max(size - width, 0), max(size - height, 0)
+    return F.pad(image, [pad_w // 2, pad_h // 2, (pad_w + 1) // 2, (pad_h + 1) // 2], fill=fill)

@@ -89,7 +89,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
 
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError) as exc:
+        except Exception as exc:  # a damaged or foreign file makes the unpickler fail in any way (KeyError, IndexError ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(
                 f"cannot load weights {str(path)!r} as a plain state dict with weights_only=True "

@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _common.add_feature_source(p)
     p.add_argument("--train", required=True, help="training features: dataset:split or a .h5 file")
     p.add_argument("--val", default=None, help="validation features for choosing λ (lbfgs), or TRAIN%%F for a held-out fraction")
-    p.add_argument("--val-fraction", type=float, default=None, help="hold out this stratified fraction of each cell's subset for choosing λ (lbfgs)")
+    p.add_argument("--val-fraction", type=_common.fraction, default=None, help="hold out this stratified fraction of each cell's subset for choosing λ (lbfgs)")
     p.add_argument("--id", dest="id_set", required=True, help="in-distribution test features: dataset:split or a .h5 file")
     p.add_argument("--ood", nargs="*", default=[], help="OOD test features (any number)")
     p.add_argument("--baseline", default=None, help="ER baseline: a named testbed (see `probekit baseline list`) or a fit JSON file")
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--list", action="store_true", help="print the grid's cells, one line each (index, id, subset, status), and exit")
     p.add_argument("--out", required=True, help="ablation folder (ablation.json, cells/<cell>/, summary.csv, summary.md)")
     p.add_argument("--overwrite", action="store_true", help="recompute every cell, complete ones too")
-    p.add_argument("--eval-every", type=int, default=None, help="evaluate every N optimiser steps / L-BFGS iterations (default 1; 0 = "
+    p.add_argument("--eval-every", type=_common.nonnegative_int, default=None, help="evaluate every N optimiser steps / L-BFGS iterations (default 1; 0 = "
                    "only start and end; finetune: once per epoch)")
     p.add_argument("--storage-dtype", choices=("float32", "float16"), default="float32", help="keep features in memory as float16")
     _common.add_cache_dir(p)
@@ -50,8 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _common.add_lbfgs_options(p)
     g = p.add_argument_group("finetune (--mode finetune; --lr, --epochs, --batch-size apply, the rest is the recipe's)")
     g.add_argument("--recipe", default=None, help="finetune recipe (default chosen from the dataset and --weights)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop each cell's network after this many optimiser steps")
-    g.add_argument("--eval-subset", type=int, default=None, metavar="N", help="evaluate on N images per class")
+    g.add_argument("--max-steps", type=_common.positive_int, default=None, help="stop each cell's network after this many optimiser steps")
+    g.add_argument("--eval-subset", type=_common.positive_int, default=None, metavar="N", help="evaluate on N images per class")
     _common.add_data_root(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -69,8 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from probekit.ablate.grid import parse_shard
     from probekit.ablate.run import ablate, list_cells
 
+    from probekit.paths import output_dir
+
     grid = _grid(args)
     shard = parse_shard(args.shard)
+    if not args.list:
+        output_dir(args.out, "ablation folder")  # a file or an unwritable disk as --out: refused before any work
     if args.mode == "finetune":
         res = _finetune(args, grid, shard)
     else:

@@ -27,12 +27,17 @@ def run_unique_correct(args: argparse.Namespace) -> int:
     from probekit.analysis import unique_correct
     from probekit.atomic import atomic_write_json, atomic_write_text
 
+    from probekit.paths import output_file
+
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
+        if path is not None:
+            output_file(path, "output file", option=option)
     result = unique_correct(args.run, version=args.cifar101_version, ood_set=args.ood_set)
     print(result.table())
-    if args.json:
+    if args.json is not None:
         atomic_write_json(args.json, result.to_json())
         print(f"wrote {args.json}")
-    if args.csv:
+    if args.csv is not None:
         atomic_write_text(args.csv, result.to_csv())
         print(f"wrote {args.csv}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from probekit.cli._common import add_cache_dir, add_data_root
+from probekit.cli._common import accuracy, add_cache_dir, add_data_root, int_type, seed, BOOTSTRAP_MAX
 
 ORDER = 40
 
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--transform", choices=("logit", "probit"), default=None,
                    help="accuracy transform (default: logit for a named baseline, the file's own for a file)")
     p.add_argument("--json", action="store_true", help="print the fit as JSON (without its points)")
-    p.add_argument("--point", nargs=2, type=float, metavar=("ID", "OOD"), default=None,
+    p.add_argument("--point", nargs=2, type=accuracy, metavar=("ID", "OOD"), default=None,
                    help="also print the expected OOD accuracy and the ER of a model with these accuracies (fractions)")
     add_cache_dir(p)
     p.set_defaults(func=run_show)
@@ -35,8 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--runs", metavar="DIR", nargs="+", help="run folders; the final record of each head is one model")
     p.add_argument("--ood-set", default=None, help="which OOD set of the runs (when they have several)")
     p.add_argument("--transform", choices=("logit", "probit"), default="logit")
-    p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap resamples for 95%% intervals of slope and intercept")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--bootstrap", type=int_type(0, BOOTSTRAP_MAX, name="resample count"), default=0, metavar="N", help="bootstrap resamples for 95%% intervals of slope and intercept")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the bootstrap")
     p.add_argument("--name", default=None, help="name stored in the fit (default: the file / folder name)")
     p.add_argument("--out", metavar="FILE.json", default=None, help="write the fit here (pass it as --baseline FILE.json)")
     p.set_defaults(func=run_fit)
@@ -93,7 +93,11 @@ def run_fit(args: argparse.Namespace) -> int:
     from probekit.robustness.runs import points_from_runs
     from probekit.robustness.testbeds import fit_csv
 
-    if args.csv:
+    from probekit.paths import output_file
+
+    if args.out is not None:
+        output_file(args.out, "baseline file")  # before the (bootstrap) fit, not after
+    if args.csv is not None:
         b = fit_csv(args.csv, args.transform, bootstrap=args.bootstrap, seed=args.seed, line_fit_only=False,
                     name=args.name or Path(args.csv).stem, source=f"user CSV {args.csv}")
     else:
@@ -102,7 +106,7 @@ def run_fit(args: argparse.Namespace) -> int:
                          name=args.name or "runs", source=f"final records of {len(args.runs)} run folder(s): {', '.join(args.runs)}",
                          ood_set=ood_set)
     print(b.describe())
-    if args.out:
+    if args.out is not None:
         print(f"wrote {b.save(args.out)}")
     return 0
 

@@ -17,9 +17,8 @@ def add_parser(subparsers) -> None:
         "through models trained from scratch, train SGD heads and the L-BFGS sweep with ER at every iteration, "
         "fine-tune the backbone briefly, and write figures plus summary.md / summary.json. A second run reuses "
         "everything already complete.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--out", default="demo", help="folder for runs, figures and the summary")
+    parser.add_argument("--out", default="demo", help="folder for runs, figures and the summary (default: demo)")
     parser.add_argument("--quick", action="store_true", help="smaller settings that finish in about two minutes")
     add_cache_dir(parser)
     add_device(parser)

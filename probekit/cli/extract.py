@@ -9,16 +9,6 @@ from probekit.cli import _common
 ORDER = 10
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "extract", help="stage 1: cache a frozen backbone's features of a dataset split (HDF5)",
@@ -32,12 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="default", help="default (published pretrained), none (random init), or a local weights file")
     _common.add_cache_dir(p)
     _common.add_data_root(p)
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per forward pass (default 256 on GPU, 64 on CPU); a resumed run keeps its original batch size")
+    p.add_argument("--batch-size", type=_common.batch_size, default=None, help="images per forward pass (default 256 on GPU, 64 on CPU); a resumed run keeps its original batch size")
     _common.add_device(p)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: min(8, CPUs) on GPU, 0 on CPU)")
+    p.add_argument("--workers", type=_common.workers, default=None, help="DataLoader worker processes (default: min(8, CPUs) on GPU, 0 on CPU)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute precision; bf16/fp16 run under autocast and make a separate entry (default fp32)")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="storage dtype of the features (default float32)")
-    p.add_argument("--image-size", type=_positive_int, default=None, help="input resolution instead of the backbone's own (a different entry)")
+    p.add_argument("--image-size", type=_common.image_size, default=None, help="input resolution instead of the backbone's own (a different entry)")
     p.add_argument("--feature", default=None, help="which features, e.g. pre-projection for CLIP's 768-d token (default: the backbone's penultimate / image embedding)")
     p.add_argument("--skip-bad", action="store_true", help="skip corrupt or unreadable images and record their indices, instead of failing")
     p.add_argument("--download", action="store_true", help="download the dataset if it is missing and a public download exists")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from probekit.cli import _common
 from probekit.cli._common import add_data_root, add_device
 
 ORDER = 30
@@ -16,7 +17,6 @@ def add_parser(subparsers) -> None:
         description="Full fine-tuning (Andreassen et al. 2022): one network per (lr, seed), the classifier replaced by a "
         "fresh layer of the dataset's class count; a run record every --eval-every steps; checkpoints every epoch and "
         "on SIGTERM / Ctrl-C, continued with --resume. Run under torchrun for several GPUs or nodes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", required=True, help="backbone registry name (torchvision classifier, timm / BiT, efficientnet_lite0)")
     p.add_argument("--weights", default="default", help="'default' (published pretrained), 'none' (random init) or a local weights file")
@@ -26,26 +26,26 @@ def add_parser(subparsers) -> None:
     p.add_argument("--baseline", nargs="*", default=[], help="baseline for ER: a testbed name or fit JSON for every OOD set, or OOD_SET=BASELINE")
     p.add_argument("--recipe", default=None, help="named preset (paper-pretrained, paper-scratch, imagenet-pretrained, imagenet-scratch, "
                    "digits-pretrained, digits-scratch); default chosen from the dataset and --weights")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (recipe: 100 pretrained, 250 random init)")
-    p.add_argument("--lr", dest="lrs", type=float, nargs="+", default=None, help="learning rates, one model each (recipe default)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds, one model each (recipe: 0 1 2 3 4)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size (recipe: 64), split over torchrun processes")
-    p.add_argument("--momentum", type=float, default=None, help="SGD momentum (recipe: 0.9)")
-    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (recipe: 1e-4)")
+    p.add_argument("--epochs", type=_common.positive_int, default=None, help="epochs (recipe: 100 pretrained, 250 random init)")
+    p.add_argument("--lr", dest="lrs", type=_common.positive_float, nargs="+", default=None, help="learning rates, one model each (recipe default)")
+    p.add_argument("--seeds", type=_common.seed, nargs="+", default=None, help="seeds, one model each (recipe: 0 1 2 3 4)")
+    p.add_argument("--batch-size", type=_common.batch_size, default=None, help="global batch size (recipe: 64), split over torchrun processes")
+    p.add_argument("--momentum", type=_common.float_type(0, below=1, name="momentum"), default=None, help="SGD momentum (recipe: 0.9)")
+    p.add_argument("--weight-decay", type=_common.nonnegative_float, default=None, help="weight decay (recipe: 1e-4)")
     p.add_argument("--schedule", default=None, choices=("constant", "cosine", "step"), help="learning-rate schedule (recipe: constant)")
-    p.add_argument("--augmentation", default=None, choices=("crop-flip", "crop", "resized-crop-flip", "none"), help="training augmentation (recipe)")
-    p.add_argument("--image-size", type=int, default=None, help="train/eval resolution in pixels (recipe)")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations (default: once per epoch)")
-    p.add_argument("--eval-subset", type=int, default=None, metavar="N", help="evaluate on a fixed class-balanced subset of N images per class")
+    p.add_argument("--augmentation", default=None, choices=("crop-flip", "crop", "resized-crop-flip", "none"), help="training augmentation (recipe: crop-flip; resized-crop-flip for ImageNet, crop for digits)")
+    p.add_argument("--image-size", type=_common.image_size, default=None, help="train/eval resolution in pixels (recipe)")
+    p.add_argument("--eval-every", type=_common.positive_int, default=None, help="steps between evaluations (default: once per epoch)")
+    p.add_argument("--eval-subset", type=_common.positive_int, default=None, metavar="N", help="evaluate on a fixed class-balanced subset of N images per class")
     p.add_argument("--subset", default=None, metavar="SPEC",
                    help="train on a class-balanced subset: per-class=N (data size) or cscore=easiest|hardest|random:N")
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    p.add_argument("--subset-seed", type=_common.seed, default=0, help="seed of the subset draw (default 0)")
     p.add_argument("--cscores", default=None, metavar="FILE", help="C-score file (.npz) for --subset cscore=...")
-    p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps per model (schedule length unchanged)")
+    p.add_argument("--eval-batch-size", type=_common.batch_size, default=256, help="images per evaluation forward pass (default 256)")
+    p.add_argument("--max-steps", type=_common.positive_int, default=None, help="stop after this many optimiser steps per model (schedule length unchanged)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="autocast precision (auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels_last memory format (default: on CUDA)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--workers", type=_common.workers, default=0, help="DataLoader worker processes (default 0: load in the main process)")
     p.add_argument("--out", required=True, help="run folder (config.json, log.jsonl, summary.json, checkpoints/)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run or checkpoint")

@@ -58,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from probekit.robustness.testbeds import NAMED
 
     from probekit.ablate.report import cell_folders, is_ablation, write_tables
+    from probekit.paths import output_dir
 
     ablations = [r for r in args.runs if is_ablation(r)]
+    out = output_dir(args.out or (ablations or args.runs)[0], "figure folder")  # before any work
     if ablations:
         if len(args.runs) > 1:
             raise UserError("plot one ablation folder at a time (its cells are the runs); pass it alone")
@@ -92,7 +94,6 @@ def run(args: argparse.Namespace) -> int:
     if ablations:
         from probekit.plots import plot_ablation
 
-        out = Path(args.out or ablations[0])
         written = plot_ablation(runs, out / "ablation", baseline=baseline, testbed_points=points, ood_set=args.ood_set,
                                 formats=args.formats)
         rows = write_tables(ablations[0])
@@ -100,7 +101,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         print(f"wrote {Path(ablations[0]) / 'summary.csv'} and summary.md ({len(rows)} cells)")
         return 0
-    out = Path(args.out or args.runs[0])
     written = plot_id_vs_ood(runs, baseline, points, out / "id_vs_ood", ood_set=args.ood_set, formats=args.formats)
     try:
         written += plot_er_curves(runs, out / f"er_vs_{args.x}", x=args.x, ood_set=args.ood_set, baseline=baseline, formats=args.formats)

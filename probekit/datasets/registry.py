@@ -96,3 +96,24 @@ def create_dataset(name: str, split: str, *, root=None, transform: Callable | No
     if split not in entry.splits:
         raise unknown_name(f"split of dataset {name!r}", split, entry.splits)
     return entry.builder(split, root=Path(data_root(root)), transform=transform, download=download)
+
+
+def dataset_status(root=None) -> list[dict]:
+    """Per registered dataset and split: label space, whether it is on disk (bundled ones always are), images, classes.
+
+    Building a dataset reads only its index (file lists, IDX headers), never the images, and
+    never downloads; a missing one reports where it should be."""
+    _ensure_loaded()
+    rows = []
+    for name, entry in sorted(_REGISTRY.items()):
+        for split in entry.splits:
+            row = {"dataset": name, "split": split, "label_space": entry.label_space, "images": None, "classes": None}
+            try:
+                ds = create_dataset(name, split, root=root)
+            except UserError:
+                row["on_disk"] = "no"
+            else:
+                row.update(on_disk="bundled" if entry.offline else "yes", images=len(ds),
+                           classes=len(getattr(ds, "classes", None) or []) or None)
+            rows.append(row)
+    return rows

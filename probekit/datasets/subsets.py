@@ -162,10 +162,15 @@ def load_cscores(path: str | os.PathLike, labels, *, filenames=None) -> np.ndarr
     if not path.is_file():
         raise UserError(f"C-score file {path} not found; download it from https://pluskid.github.io/structural-regularity/")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
+        z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise UserError(f"C-score file {path} is not a readable .npz ({e})") from e
+        raise UserError(f"C-score file {path} is not a readable .npz ({str(e)[:80]}); pass the published .npz or "
+                        f"one written by `probekit cscore`") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array: no keys to tell scores from labels
+        raise UserError(f"C-score file {path} is a single .npy array, not an .npz with 'scores' (and 'labels'); "
+                        f"pass the published .npz or one written by `probekit cscore`")
+    with z:
+        keys = set(z.files)
     if "scores" not in keys:
         raise UserError(f"C-score file {path} has no 'scores' array (keys: {sorted(keys)})")
     scores = _npz_array(path, "scores").astype(np.float64).ravel()

@@ -140,9 +140,12 @@ def load_inputs(train, id_set, ood: Sequence = (), *, val=None, val_fraction: fl
     va = load(val_spec, "val") if val_spec is not None else None
     te = load(id_set, "ID")
     oods = [load(s, "OOD") for s in ood]
-    names = [fs.name for fs in [te, *oods]]
-    if len(set(names)) != len(names):
-        raise UserError(f"the ID and OOD sets must differ, got {', '.join(names)}")
+    ood_names = [fs.name for fs in oods]
+    if te.name in ood_names:
+        raise UserError(f"the OOD set {te.name} is the ID set (--id); pass a different --ood")
+    twice = sorted({n for n in ood_names if ood_names.count(n) > 1})
+    if twice:
+        raise UserError(f"OOD set {twice[0]} is given more than once in --ood; pass each set once")
     roles = [("train", tr)] + ([("validation", va)] if va is not None else []) + [("ID", te)] + [("OOD", o) for o in oods]
     from probekit.cache import check_same_source
 

@@ -19,6 +19,7 @@ from scipy import stats
 
 from probekit.atomic import atomic_write_json
 from probekit.errors import UserError
+from probekit.paths import input_file, output_file
 from probekit.robustness.transforms import (
     AccuracyClippedWarning,
     check_accuracies,
@@ -102,17 +103,18 @@ class Baseline:
         return b
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
+        """Write the fit as JSON; an existing file is replaced only when it is itself a baseline fit."""
+        path = output_file(path, "baseline file")
+        if path.exists() and not _is_fit_file(path):
+            raise UserError(f"{path} exists and is not a baseline fit; choose another --out (it is left as it is)")
         atomic_write_json(path, self.to_json())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Baseline:
-        path = Path(path)
+        path = input_file(path, "baseline file", hint="give a baseline name (`probekit baseline list`) or a JSON fit file")
         try:
             data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"baseline file {path} does not exist; give a baseline name (`probekit baseline list`) or a JSON fit file") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"baseline file {path} is not JSON; write one with `probekit baseline fit --out FILE.json`") from None
         return cls.from_json(data, origin=f"baseline file {path}")
@@ -199,3 +201,11 @@ def effective_robustness(acc_id: Any, acc_ood: Any, baseline: Baseline, *, n_id:
     if np.ndim(er) == 0:
         er, clipped = float(er), bool(clipped)
     return (er, clipped) if return_clipped else er
+
+
+def _is_fit_file(path: Path) -> bool:
+    """Whether `path` holds a probekit baseline fit (which `save` may replace)."""
+    try:
+        return json.loads(path.read_text()).get("schema") == SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -21,6 +21,7 @@ import numpy as np
 
 from probekit.errors import UserError, unknown_name
 from probekit.paths import cache_dir as resolve_cache_dir
+from probekit.paths import input_file
 from probekit.robustness.baseline import Baseline, fit_baseline
 from probekit.robustness.transforms import check_accuracies
 
@@ -75,16 +76,21 @@ def read_testbed_csv(path: str | os.PathLike) -> list[ModelRow]:
     ``model_type`` and ``taori_line_fit``) and a user's (``model, id, ood`` as fractions;
     percentages are refused with a hint).
     """
-    path = Path(path)
+    path = input_file(path, "testbed CSV", hint="pass a CSV with columns model,id,ood")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in reader.fieldnames or []]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
-    except FileNotFoundError:
-        raise UserError(f"testbed CSV {path} does not exist") from None
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's CSV export starts with a BOM
+            table = list(csv.reader(f))
     except (UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"testbed CSV {path} cannot be read as CSV ({e})") from None
+    fields = [c.strip() for c in table[0]] if table else []
+    rows = []
+    for i, cells in enumerate(table[1:], start=2):
+        if not any(c.strip() for c in cells):
+            continue  # blank line
+        if len(cells) != len(fields):
+            raise UserError(f"{path} line {i} has {len(cells)} fields but the header has {len(fields)} "
+                            f"({','.join(fields)}); fix the row")
+        rows.append({k: v.strip() for k, v in zip(fields, cells)})
     shipped = {"model", "id_top1", "ood_top1"} <= set(fields)
     if not shipped and not {"model", "id", "ood"} <= set(fields):
         raise UserError(f"testbed CSV {path} needs columns model,id,ood (fractions); it has {','.join(fields) or 'none'}")

@@ -61,7 +61,9 @@ def clip_accuracy(acc: Any, n: int | np.ndarray | None, what: str = "accuracy") 
     if not edge.any():
         return arr, edge
     if n is None:
-        raise UserError(f"{what} of exactly 0 or 1 has no logit/probit; pass n (the number of test examples) to clip it to [1/(2n), 1-1/(2n)]")
+        raise UserError(f"{what} of exactly 0 or 1 has no logit/probit, so it cannot be placed against a baseline; give "
+                        f"accuracies strictly between 0 and 1 (in Python, n= the number of test examples clips them to "
+                        f"[1/(2n), 1-1/(2n)])")
     n_arr = np.asarray(n, dtype=np.float64)
     if (n_arr < 1).any():
         raise UserError(f"n (number of test examples) must be at least 1, got {n!r}")

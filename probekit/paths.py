@@ -49,6 +49,21 @@ def output_dir(path: str | os.PathLike, what: str = "output folder", *, option: 
     return path
 
 
+def check_output_dir(path: str | os.PathLike, what: str = "output folder", *, option: str = "--out") -> Path:
+    """Like `output_dir`, but creates nothing: the folder, or where it would be created, must be a writable folder."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; pass a folder to {option}")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create {what} {path}: {parent} is a file; pass another {option}")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write to {what} {path} (read-only or permission denied at {parent}); pass another {option}")
+    return path
+
+
 def output_file(path: str | os.PathLike, what: str = "output file", *, option: str = "--out") -> Path:
     """Check that file `path` can be written (its folder created): not a folder, on a writable disk."""
     path = Path(path).expanduser()

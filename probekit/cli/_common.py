@@ -62,7 +62,12 @@ seed = int_type(0, SEED_MAX, name="seed")
 workers = int_type(0, WORKERS_MAX, name="worker count")
 positive_float = float_type(above=0, name="positive number")
 nonnegative_float = float_type(0, name="non-negative number")
-fraction = float_type(above=0, below=1, hint=" (a fraction, e.g. 0.2 for 20%)", name="fraction")
+def fraction(text: str) -> float:
+    """An argparse type: a fraction strictly between 0 and 1 (a percentage gets the hint)."""
+    value = _parse_number(text, float)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1 (exclusive), got {text} (e.g. 0.2 for 20%)")
+    return value
 
 
 def accuracy(text: str) -> float:

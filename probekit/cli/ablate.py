@@ -69,12 +69,12 @@ def run(args: argparse.Namespace) -> int:
     from probekit.ablate.grid import parse_shard
     from probekit.ablate.run import ablate, list_cells
 
-    from probekit.paths import output_dir
+    from probekit.paths import check_output_dir
 
     grid = _grid(args)
     shard = parse_shard(args.shard)
     if not args.list:
-        output_dir(args.out, "ablation folder")  # a file or an unwritable disk as --out: refused before any work
+        check_output_dir(args.out, "ablation folder")  # a file or an unwritable disk as --out: refused before any work
     if args.mode == "finetune":
         res = _finetune(args, grid, shard)
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from probekit.errors import UserError
+from probekit.names import dataset_name
 
 PREDICTIONS_FILE = "predictions.npz"
 CIFAR101_SETS = {"v6": "cifar10.1", "v4": "cifar10.1-v4"}
@@ -70,7 +71,7 @@ def _find_set(keys: list[str], version: str, ood_set: str | None, path: Path) ->
             raise UserError(f"{path} has no predictions for {ood_set!r}; it has: {', '.join(sets) or 'none'}")
         return ood_set
     want = CIFAR101_SETS[version]
-    matches = [k for k in sets if k.split(":", 1)[0] == want]
+    matches = [k for k in sets if dataset_name(k) == want]
     if not matches:
         raise UserError(f"{path} has no CIFAR-10.1 {version} predictions (a set named {want}:SPLIT); it has: "
                         f"{', '.join(sets) or 'none'}; train with --ood {want}:test and saved predictions, or pass --ood-set")

@@ -26,6 +26,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -39,6 +40,8 @@ import numpy as np
 
 from probekit import paths
 from probekit.errors import UserError
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SUFFIX = ".h5"
@@ -168,7 +171,7 @@ def entry_lock(final_path: Path, *, quiet: bool = False) -> Iterator[None]:
             except OSError:
                 owner = "?"
             if not quiet:
-                print(f"probekit: waiting for another probekit extract of this entry (pid {owner}): {final_path.name}", file=sys.stderr, flush=True)
+                log.info("waiting for another probekit extract of this entry (pid %s): %s", owner, final_path.name)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -550,17 +553,16 @@ def _file_sha256(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def find_features(model: str, dataset_split: str, *, weights: str = "default", cache_dir: str | os.PathLike | None = None,
-                  image_size: int | None = None, feature: str | None = None, precision: str = "fp32",
-                  dtype: str = "float32") -> Path:
-    """The complete cache entry for `model` on `dataset:split`, found from the attributes without building anything.
+def matching_entries(model: str, dataset_split: str, *, weights: str = "default", cache_dir: str | os.PathLike | None = None,
+                     image_size: int | None = None, feature: str | None = None, precision: str = "fp32",
+                     dtype: str = "float32") -> list[Path]:
+    """The complete entries whose attributes match (backbone, dataset, split, weights as given, image
+    size, feature, precision, dtype); reading only attributes, never building a model.
 
-    Entries are matched on (backbone, dataset, split, weights as given, image size,
-    feature, precision, dtype). A weights *path* must also match by sha256, so a changed
-    file is not served stale features. When several entries still match (e.g. the data
-    on disk changed), the exact key is computed by building the backbone and dataset.
-    """
-    from probekit.datasets import parse_dataset_split
+    A weights *path* must also match by sha256, so a changed file is not served stale features.
+    Choosing between several matches needs the exact key, which only a backbone can give:
+    that is `probekit.features.find_features`, a layer above the store and extraction."""
+    from probekit.names import parse_dataset_split
 
     dataset, split = parse_dataset_split(dataset_split)
     folder = paths.cache_dir(cache_dir)
@@ -574,24 +576,7 @@ def find_features(model: str, dataset_split: str, *, weights: str = "default", c
     if matches and weights not in ("default", "none") and Path(weights).is_file():
         digest = _file_sha256(Path(weights))
         matches = [(p, a) for p, a in matches if a.get("weight_id") == digest]
-    cmd = f"probekit extract --model {model} --dataset {dataset} --split {split}"
-    if weights != "default":
-        cmd += f" --weights {weights}"
-    if image_size:
-        cmd += f" --image-size {image_size}"
-    if feature:
-        cmd += f" --feature {feature}"
-    if len(matches) == 1:
-        return matches[0][0]
-    if not matches:
-        raise UserError(f"no cached features for {model} on {dataset}:{split} in {folder}; run `{cmd}` first (or pass --cache-dir)")
-    from probekit.extract import entry_for
-
-    exact = entry_for(model, dataset, split, weights=weights, cache_dir=folder, image_size=image_size,
-                      feature=feature, precision=precision, dtype=dtype)
-    if is_complete(exact):
-        return exact
-    raise UserError(f"no cached features for {model} on {dataset}:{split} match the current weights and data in {folder}; run `{cmd}`")
+    return [p for p, _ in matches]
 
 
 FILE_SUFFIXES = (SUFFIX, ".hdf5", ".hdf", PARTIAL)
@@ -603,17 +588,6 @@ def looks_like_feature_file(spec: str | os.PathLike) -> bool:
     return text.lower().endswith(FILE_SUFFIXES) or (os.sep in text and Path(text).exists())
 
 
-def resolve_features(spec: str | os.PathLike, *, model: str | None = None, cache_dir: str | os.PathLike | None = None,
-                     dtype: Any = np.float32, **kw: Any) -> FeatureSet:
-    """Features for `spec`: a feature-file path, or `dataset:split` looked up for `model`."""
-    text = os.fspath(spec)
-    if looks_like_feature_file(text):
-        return load_features(text, dtype=dtype)
-    if not model:
-        raise UserError(f"{text!r} names a dataset split, so a model is needed to find its features; pass --model")
-    fs = load_features(find_features(model, text, cache_dir=cache_dir, **kw), dtype=dtype)
-    fs.name = text
-    return fs
 
 
 def list_entries(cache_dir: str | os.PathLike | None = None) -> list[dict]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from probekit import runlog
 from probekit.atomic import atomic_write_json, atomic_write_text
+from probekit.names import parse_dataset_split
 from probekit.paths import output_dir
 
 BACKBONE = "efficientnet_lite0"
@@ -115,7 +116,7 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
     from probekit.extract import extract
 
     for spec in tqdm((ID_TRAIN, ID_TEST, OOD), desc="extract", unit="set"):
-        dataset, split = spec.split(":")
+        dataset, split = parse_dataset_split(spec)
         extract(BACKBONE, dataset, split, cache_dir=cache_dir, image_size=s.image_size, device=device, quiet=True)
 
     _say(2, "building a from-scratch testbed on digits and fitting the logit baseline")
@@ -124,16 +125,16 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
     baseline.save(baseline_path)
 
     _say(3, "training SGD heads and the L-BFGS sweep on cached features, ER at every iteration")
+    from probekit.heads.config import TrainHeadConfig
     from probekit.heads.run import train_head
 
-    common = dict(model=BACKBONE, cache_dir=cache_dir, image_size=s.image_size, baseline=str(baseline_path),
-                  device=device, overwrite=True)
+    heads = TrainHeadConfig(train=ID_TRAIN, id_set=ID_TEST, ood=[OOD], model=BACKBONE, cache_dir=cache_dir, image_size=s.image_size,
+                            baselines=[str(baseline_path)], device=device, overwrite=True)
     run_key = {**key, "baseline": baseline.to_json()}  # a new baseline reruns every stage that logs ER
-    sgd = _stage(out, "heads-sgd", run_key, lambda d: train_head(
-        ID_TRAIN, ID_TEST, [OOD], solver="sgd", lrs=s.sgd_lrs, seeds=s.sgd_seeds, epochs=s.sgd_epochs,
-        batch_size=s.sgd_batch_size, out=d, **common))
-    lbfgs = _stage(out, "heads-lbfgs", run_key, lambda d: train_head(
-        ID_TRAIN, ID_TEST, [OOD], solver="lbfgs", val=0.2, max_iter=s.lbfgs_max_iter, out=d, **common))
+    sgd = _stage(out, "heads-sgd", run_key, lambda d: train_head(replace(
+        heads, solver="sgd", lrs=list(s.sgd_lrs), seeds=list(s.sgd_seeds), epochs=s.sgd_epochs, batch_size=s.sgd_batch_size, out=str(d))))
+    lbfgs = _stage(out, "heads-lbfgs", run_key, lambda d: train_head(replace(
+        heads, solver="lbfgs", val=0.2, max_iter=s.lbfgs_max_iter, out=str(d))))
 
     _say(4, "data ablations: subset sizes x seeds and difficulty by estimated C-scores, in one batched pass")
     ablation = _ablation(out, s, run_key, common)
@@ -228,7 +229,7 @@ def _pixels(spec: str) -> tuple[np.ndarray, np.ndarray]:
     """Framed 28x28 grey pixels in [0, 1] and labels of a bundled dataset split."""
     from probekit.datasets import create_dataset
 
-    ds = create_dataset(*spec.split(":"))
+    ds = create_dataset(*parse_dataset_split(spec))
     images = np.stack([np.asarray(ds[i][0].convert("L"), dtype=np.float64).ravel() / 255.0 for i in range(len(ds))])
     return images, np.asarray(ds.targets)
 
@@ -258,12 +259,12 @@ def _figures(out: Path, runs: list[Path], baseline, testbed: list) -> list[Path]
 
 def summary_rows(run_dirs: list[Path]) -> list[dict]:
     """Per head of each run: final accuracies, final ER, peak ER and the step where it peaked."""
-    from probekit.robustness.runs import summarise_heads
+    from probekit.records import summarise_heads
 
     rows = []
     for run_dir in run_dirs:
         for head, s in summarise_heads(runlog.read_run(run_dir).records).items():
-            final, peak = s["final"], (s.get("er_peak") or {}).get(OOD) or {}
+            final, peak = s["final"], (s["oracle"].get("er_peak") or {}).get(OOD) or {}
             rows.append({"run": run_dir.name, "head": head, "steps": final["step"], "acc_id": final["acc_id"],
                          "acc_ood": final["acc_ood"].get(OOD), "er_final": (final.get("er") or {}).get(OOD),
                          "er_peak": peak.get("er"), "er_peak_step": peak.get("step")})

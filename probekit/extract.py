@@ -12,11 +12,11 @@ whole batches into its own shard file; rank 0 merges the shards into one entry.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import contextlib
 import errno
 import queue
-import signal
 import sys
 import threading
 import time
@@ -29,9 +29,11 @@ import numpy as np
 
 from probekit import cache
 from probekit.errors import UserError
+from probekit.runtime import Stopped, StopRequest, autocast, autocast_dtype, choose_device, torchrun_env  # noqa: F401  (Stopped: the API)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = ("float32", "float16")
+log = logging.getLogger(__name__)
 COMMIT_ROWS_ENV = "PROBEKIT_COMMIT_ROWS"  # test knob: commit every N images, to make kill tests cheap
 
 
@@ -42,41 +44,6 @@ class NonFiniteFeatures(UserError):
         self.count, self.first_index = count, first_index
         super().__init__(f"the backbone produced {count} NaN/Inf feature values (first at image {first_index}); "
                          "nothing was stored; check the weights, or use --precision fp32")
-
-
-class Stopped(Exception):
-    """SIGTERM / Ctrl-C stopped the extract after a whole batch; committed rows are kept."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class _StopRequest:
-    """Turns SIGTERM and the first Ctrl-C into a request honoured after the current batch.
-
-    A second Ctrl-C raises KeyboardInterrupt at once (committed rows are still kept).
-    Handlers are installed only in the main thread and restored on exit.
-    """
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 # ---------------------------------------------------------------- planning: what entry is this?
@@ -320,26 +287,13 @@ class _Prefetch:
         self.thread.join(timeout=5)
 
 
-def _resolve_device(device: str | None):
-    import torch
-
-    if device:
-        try:
-            dev = torch.device(device)
-        except RuntimeError:
-            raise UserError(f"unknown device {device!r}; use e.g. cpu, cuda, cuda:1") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise UserError(f"--device {device} asked for CUDA but no CUDA device is available; use --device cpu")
-        return dev
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device(f"cuda:{local % torch.cuda.device_count()}")
-    return torch.device("cpu")
+class _BatchBoundary(Exception):
+    """A stop request reached the end of a batch; `extract` turns it into `runtime.Stopped`."""
 
 
 def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, *, batch_size: int, device, workers: int,
                    precision: str, skip_bad: bool, commit_rows: int, commit_seconds: float, progress: bool,
-                   desc: str, on_commit=None, stop_request: _StopRequest | None = None) -> None:
+                   desc: str, on_commit=None, stop_request: StopRequest | None = None) -> None:
     """Extract source positions [start, stop) (start on a batch boundary) into `writer`."""
     import torch
     from tqdm import tqdm
@@ -358,7 +312,7 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
         loader_kw.update(prefetch_factor=4, persistent_workers=False)
     loader = torch.utils.data.DataLoader(_Items(p.dataset), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                                          pin_memory=cuda, **loader_kw)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp_dtype = autocast_dtype(precision, device, allowed=PRECISIONS)
     thread = _Writer(writer, commit_rows, commit_seconds)
     thread.start()
     bar = tqdm(total=stop - start, unit="img", desc=desc, disable=not progress, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
@@ -375,10 +329,7 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
                     x = batch["images"].to(device, non_blocking=cuda)
                     if cuda:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    if amp_dtype is not None:
-                        with torch.autocast(device_type=device.type, dtype=amp_dtype):
-                            out = model(x)
-                    else:
+                    with autocast(device, amp_dtype):
                         out = model(x)
                     if out.ndim != 2 or out.shape[1] != writer.dim:
                         raise RuntimeError(f"backbone {p.backbone.name} gave features of shape {tuple(out.shape)}, expected [B, {writer.dim}]")
@@ -391,8 +342,8 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
                 bar.update(batch["positions"])
                 if on_commit is not None:
                     on_commit(writer)
-                if stop_request is not None and stop_request.signum is not None:
-                    raise Stopped(signal.Signals(stop_request.signum).name, stop_request.signum)
+                if stop_request is not None and stop_request.requested:
+                    raise _BatchBoundary
     except BaseException as e:
         failure = e
     finally:
@@ -441,17 +392,15 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
     folder = cache.writable_cache_dir(cache_dir)
     if os.environ.get(COMMIT_ROWS_ENV):
         commit_rows = max(1, int(os.environ[COMMIT_ROWS_ENV]))
-    dev = _resolve_device(device)
+    dev = choose_device(device)
     batch_size, workers = _defaults(dev, batch_size, workers)
     p = plan(model, dataset, split, weights=weights, cache_dir=folder if cache_dir else None, data_root=data_root,
              image_size=image_size, feature=feature, precision=precision, dtype=dtype, download=download)
     p.path = folder / p.path.name
-    from probekit.finetune.ddp import launched_by_torchrun
-
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    env = torchrun_env()
     run_kw = dict(device=dev, workers=workers, precision=precision, skip_bad=skip_bad, commit_rows=commit_rows,
                   commit_seconds=commit_seconds, progress=progress)
-    if world > 1 or launched_by_torchrun():  # one torchrun process too: the multi-GPU path, tested on one GPU
+    if env.enabled:  # one torchrun process too: the multi-GPU path, tested on one GPU
         return _extract_distributed(p, batch_size=batch_size, dtype=dtype, quiet=quiet, **run_kw)
     if cache.is_complete(p.path):
         return p.path
@@ -465,14 +414,14 @@ def extract(model: str, dataset: str, split: str, *, weights: str = "default", c
             bs = writer.batch_size or batch_size
             if writer.resumed_from and not quiet:
                 note = f" with its batch size {bs}" if bs != batch_size else ""
-                print(f"probekit: resuming {p.path.name} at {writer.resumed_from} of {n} images{note}", file=sys.stderr, flush=True)
-            with _StopRequest() as stop, _quiet_disk_full_noise():
+                log.info("resuming %s at %d of %d images%s", p.path.name, writer.resumed_from, n, note)
+            with StopRequest() as stop, _quiet_disk_full_noise():
                 try:
                     _run_positions(p, writer, writer.committed_positions, n, batch_size=bs,
                                    desc=f"{p.backbone.name} {dataset}:{split}", stop_request=stop, **run_kw)
-                except Stopped as e:
-                    raise Stopped(f"stopped by {e} after {writer.committed_positions} of {n} images of {p.path.name}; "
-                                  f"committed rows are kept, rerun `{p.attrs['extract_command']}` to resume", stop.signum) from None
+                except _BatchBoundary:
+                    raise stop.stopped(f"{writer.committed_positions} of {n} images of {p.path.name}",
+                                       f"committed rows are kept, rerun `{p.attrs['extract_command']}` to resume") from None
                 return writer.finish()
         except NonFiniteFeatures as e:
             writer.close()

@@ -48,6 +48,15 @@ def _kw(store, **extra):
     return dict(model=MODEL, cache_dir=store, baseline=store / "base.json", progress=False, **extra)
 
 
+def _alone(store, **extra):
+    """The same cell as a plain train-head run."""
+    from probekit.heads.config import TrainHeadConfig
+
+    kw = _kw(store, **extra)
+    kw["baselines"] = [kw.pop("baseline")]
+    return train_head(TrainHeadConfig(*SETS, **kw))
+
+
 def _same_records(cell_records, alone_records):
     """Records of a grid cell (minus its `cell` spec) equal those of the cell run alone; losses to float rounding."""
     assert len(cell_records) == len(alone_records) > 1
@@ -77,8 +86,8 @@ def test_sgd_grid_cells_equal_train_head_alone(store, tmp_path, budget):
         n = read_run(cell_dir(res.out, cell)).config["n_train"]
         spe = -(-n // min(96, n))
         epochs = 2 if budget == "epochs" else largest / spe
-        alone = train_head(*SETS, subset=cell.subset, subset_seed=cell.seed, seeds=[cell.seed], lrs=[cell.lr],
-                           cscores=store / "cscores.npz" if cell.kind == "difficulty" else None, **_kw(store, **opts | {"epochs": epochs}))
+        alone = _alone(store, subset=cell.subset, subset_seed=cell.seed, seeds=[cell.seed], lrs=[cell.lr],
+                       cscores=store / "cscores.npz" if cell.kind == "difficulty" else None, **opts | {"epochs": epochs})
         _same_records(read_run(cell_dir(res.out, cell)).records, alone.records)
     kinds = {c.kind for c in res.cells if c.seed == 1 and c.lr == 1.0}
     assert kinds == {"size", "classes", "difficulty"}
@@ -99,7 +108,7 @@ def test_lbfgs_grid_cells_equal_train_head_alone(store, tmp_path):
     res = ablate(*SETS, out=tmp_path / "abl", grid=grid, mode="lbfgs", **_kw(store, **opts))
     assert [c.id for c in res.cells] == ["size=10,seed=0", "size=10,seed=1", "size=30,seed=0", "size=30,seed=1"]
     for cell in res.cells[1:3]:
-        alone = train_head(*SETS, solver="lbfgs", subset=cell.subset, subset_seed=cell.seed, **_kw(store, **opts))
+        alone = _alone(store, solver="lbfgs", subset=cell.subset, subset_seed=cell.seed, **opts)
         _same_records(read_run(cell_dir(res.out, cell)).records, alone.records)
         assert read_run(cell_dir(res.out, cell)).summary["chosen_l2"] == alone.summary["chosen_l2"]
 

@@ -16,7 +16,8 @@ from PIL import Image
 
 from probekit.backbones import create_backbone, create_classifier, list_backbones, resolve
 from probekit.backbones import weights as W
-from probekit.backbones.transforms import EvalTransform, to_rgb
+from probekit.backbones.transforms import EvalTransform
+from probekit.datasets.images import to_rgb
 from probekit.errors import UserError
 
 SIZE = 64

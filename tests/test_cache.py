@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
+from probekit import features
 from probekit import cache
 from probekit.errors import UserError
 
@@ -156,18 +157,19 @@ def test_read_only_cache_dir(tmp_path):
         cache.writable_cache_dir(blocked / "sub")
 
 
-def test_lock_waits_for_other_process(tmp_path, capsys):
+def test_lock_waits_for_other_process(tmp_path, caplog):
     final = tmp_path / "l.h5"
     code = ("import sys,time; from pathlib import Path; from probekit import cache\n"
             "with cache.entry_lock(Path(sys.argv[1])):\n print('held', flush=True); time.sleep(1.5)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(final)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     t0 = time.monotonic()
+    caplog.set_level("INFO", logger="probekit")
     with cache.entry_lock(final):
         waited = time.monotonic() - t0
     proc.wait()
     assert waited > 0.5
-    assert f"waiting for another probekit extract of this entry (pid {proc.pid})" in capsys.readouterr().err
+    assert f"waiting for another probekit extract of this entry (pid {proc.pid})" in caplog.text  # a logging message
 
 
 def test_list_resolve_and_find(tmp_path, data, monkeypatch):
@@ -188,10 +190,10 @@ def test_list_resolve_and_find(tmp_path, data, monkeypatch):
         cache.resolve_entry("tiny__", tmp_path)
     with pytest.raises(UserError, match="unknown cache entry"):
         cache.resolve_entry("nothing", tmp_path)
-    assert cache.find_features("tiny", "digits:train", cache_dir=tmp_path) == tmp_path / name
-    assert cache.resolve_features("digits:train", model="tiny", cache_dir=tmp_path).features.shape == (50, 7)
+    assert features.find_features("tiny", "digits:train", cache_dir=tmp_path) == tmp_path / name
+    assert features.resolve_features("digits:train", model="tiny", cache_dir=tmp_path).features.shape == (50, 7)
     with pytest.raises(UserError, match="no cached features.*probekit extract --model tiny --dataset digits --split test"):
-        cache.find_features("tiny", "digits:test", cache_dir=tmp_path)
+        features.find_features("tiny", "digits:test", cache_dir=tmp_path)
 
 
 def test_folder_or_empty_name_is_not_called_corrupt(tmp_path, monkeypatch, capsys):

@@ -104,3 +104,86 @@ def test_python_snippets_compile_and_import():
                 module = importlib.import_module(node.module)
                 missing += [f"{page}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
     assert not missing, "docs import names that do not exist: " + ", ".join(missing)
+
+
+def _documented_calls(text: str):
+    """``Name(a, b=1, ...)`` spans of a page's prose: (name, [(param, default text or None)])."""
+    import re
+
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for span in re.findall(r"`([^`]+)`", prose):
+        m = re.match(r"\s*([A-Za-z_]\w*)\(", span)
+        if not m:
+            continue
+        params, depth, cur = [], 0, ""
+        for ch in span[m.end():]:  # up to the parenthesis that closes the call
+            if ch == ")" and depth == 0:
+                params.append(cur.strip())
+                break
+            if ch == "," and depth == 0:
+                params.append(cur.strip())
+                cur = ""
+                continue
+            depth += ch in "([{<"
+            depth -= ch in ")]}>"
+            cur += ch
+        else:
+            continue  # the call does not close inside the span
+        yield m.group(1), [(p.split("=", 1)[0].strip(), p.split("=", 1)[1].strip() if "=" in p else None)
+                           for p in params if p and p not in ("*", "/", "...")]
+
+
+def test_python_api_pages_name_real_objects_with_their_real_defaults():
+    """Every `Name(param=default, ...)` the Python API page writes for an imported object: the object
+    exists, takes each named parameter, and each literal default is the code's default."""
+    import ast
+    import importlib
+    import inspect
+
+    checked, bad = 0, []
+    for page in ("python-api.md",):
+        text = (DOCS / page).read_text(encoding="utf-8")
+        objects = {}
+        for where, block in _blocks("python"):
+            if where != page:
+                continue
+            for node in ast.walk(ast.parse(block)):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("probekit"):
+                    module = importlib.import_module(node.module)
+                    objects.update({a.asname or a.name: getattr(module, a.name) for a in node.names if hasattr(module, a.name)})
+        for name, params in _documented_calls(text):
+            if name not in objects or not callable(objects[name]):
+                continue
+            sig = inspect.signature(objects[name])
+            takes_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+            for param, default in params:
+                if not param.isidentifier():
+                    continue  # prose in the argument list, e.g. "imagenet" | "cifar10" | FILE
+                if param not in sig.parameters:
+                    if not takes_kw:
+                        bad.append(f"{page}: {name}() has no parameter {param!r}")
+                    continue
+                if default is None:
+                    continue
+                try:
+                    documented = ast.literal_eval(default)
+                except (ValueError, SyntaxError):
+                    continue  # prose such as <ten log-spaced values> or "sgd"|"lbfgs"
+                if documented is Ellipsis:
+                    continue
+                real = sig.parameters[param].default
+                if real is inspect.Parameter.empty:
+                    bad.append(f"{page}: {name}({param}={default}) but {param} has no default")
+                    continue
+                if callable(getattr(real, "__call__", None)) and type(real).__name__ == "function":
+                    continue
+                if hasattr(real, "tolist"):
+                    real = real.tolist()
+                factory = getattr(objects[name], "__dataclass_fields__", {}).get(param)
+                if factory is not None and factory.default_factory is not getattr(__import__("dataclasses"), "MISSING"):
+                    real = factory.default_factory()
+                checked += 1
+                if documented != real and not (isinstance(real, tuple) and list(real) == documented):
+                    bad.append(f"{page}: {name}({param}={default}) but the code's default is {real!r}")
+    assert checked > 40, f"only {checked} documented defaults were checked; the page lost its signatures"
+    assert not bad, "docs/python-api.md disagrees with the code:\n" + "\n".join(bad)

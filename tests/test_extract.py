@@ -15,6 +15,7 @@ import pytest
 import torch
 from _extract_helpers import MODEL, SIZE, env, hooked_cli, save_random_weights
 
+from probekit import features
 from probekit import cache
 from probekit import extract as E
 from probekit.cli import main
@@ -74,9 +75,9 @@ def test_other_weights_or_transform_make_other_entries(reference, weights, tmp_p
     assert E.entry_for(MODEL, "digits", "test", weights=str(weights), cache_dir=folder, image_size=40) != reference.path
     assert E.entry_for(MODEL, "digits", "test", weights=str(weights), precision="bf16", **kw) != reference.path
     # lookup by name finds it without building anything
-    assert cache.find_features(MODEL, "digits:test", weights=str(weights), cache_dir=folder, image_size=SIZE) == reference.path
+    assert features.find_features(MODEL, "digits:test", weights=str(weights), cache_dir=folder, image_size=SIZE) == reference.path
     with pytest.raises(UserError, match="no cached features"):
-        cache.find_features(MODEL, "digits:test", weights=str(other), cache_dir=folder, image_size=SIZE)
+        features.find_features(MODEL, "digits:test", weights=str(other), cache_dir=folder, image_size=SIZE)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import torch
 from probekit.cli import main
 from probekit.errors import UserError
 from probekit.finetune import FinetuneConfig, finetune, get_recipe, lr_at
-from probekit.finetune.data import StepBatches, TrainTransform, check_labels, epoch_order
+from probekit.finetune.data import StepBatches, TrainTransform, check_dataset_labels, epoch_order
 
 torch.set_num_threads(1)
 
@@ -75,7 +75,7 @@ def test_paper_recipes_and_schedules():
     assert im.augmentation == "resized-crop-flip" and round(224 * im.test_resize) == 256
     assert lr_at(50, 0.1, 100, "constant") == 0.1
     assert lr_at(0, 0.1, 100, "cosine") == pytest.approx(0.1) and lr_at(50, 0.1, 100, "cosine") == pytest.approx(0.05)
-    assert lr_at(80, 0.1, 100, "step") == pytest.approx(0.001)
+    assert lr_at(80, 0.1, 100, "step-50-75") == pytest.approx(0.001)
     with pytest.raises(UserError, match="did you mean"):
         get_recipe("paper-pretrianed")
 
@@ -88,7 +88,7 @@ def test_label_outside_the_head_is_refused():
             return f"row {i}"
 
     with pytest.raises(UserError, match="label 10 at row 2 outside the head's 10 classes"):
-        check_labels(Fake(), 10, "ID test set")
+        check_dataset_labels(Fake(), 10, "ID test set")
 
 
 def test_resnet18_records_with_er_checkpoint_and_summary(tmp_path, baseline_json):
@@ -115,7 +115,14 @@ def test_resnet18_records_with_er_checkpoint_and_summary(tmp_path, baseline_json
     assert config["model"] == "resnet18" and config["recipe"]["momentum"] == 0.9 and config["weight_id"] == "random-init"
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 4 and "fc.weight" in state["model"]
-    assert summary["heads"]["lr=0.05,seed=0"]["step"] == 4
+    assert summary["heads"]["lr=0.05,seed=0"]["final"]["step"] == 4 and summary["best"] is None
+    # predictions.npz of the final model: the OOD accuracy of the last record, row by row
+    from probekit.datasets import create_dataset
+
+    with np.load(out / "predictions.npz") as z:
+        assert list(z["heads"]) == ["lr=0.05,seed=0"] and list(z["steps"]) == [4] and z["mnist5k:test"].shape == (1, 1, 50)
+        labels = np.asarray(create_dataset("mnist5k", "test").targets)[z["mnist5k:test__index"]]
+        assert (z["mnist5k:test"][0, 0] == labels).mean() == pytest.approx(last["acc_ood"]["mnist5k:test"])
 
 
 def test_several_lrs_and_seeds_one_head_each(tmp_path):
@@ -190,19 +197,6 @@ def test_training_subset_by_size_is_recorded_and_used(tmp_path, baseline_json):
                             subset="per-class=5", max_steps=3, eval_every=3))
     config = json.loads((out / "config.json").read_text())
     assert config["subset"] == "per-class=5" and config["n_train"] == 50
-    assert config["baseline_fit"]["slope"] == pytest.approx(json.loads(open(baseline_json).read())["slope"])
+    assert config["baselines"]["mnist5k:test"]["slope"] == pytest.approx(json.loads(open(baseline_json).read())["slope"])
     with pytest.raises(UserError, match="train-head --subset classes"):
         finetune(FinetuneConfig(**TINY, out=str(tmp_path / "k"), subset="classes=3", max_steps=1))
-
-
-def test_baseline_specs_match_ood_sets_by_dataset_and_refuse_other_shifts(tmp_path):
-    from probekit.finetune.loop import _parse_baselines
-    from probekit.robustness import fit_baseline
-
-    baseline_json = str(tmp_path / "mnist.json")
-    fit_baseline([0.6, 0.7, 0.8], [0.3, 0.38, 0.5], names=list("abc"), ood_set="mnist5k:test").save(baseline_json)
-    both = ["mnist5k:test", "digits:test"]
-    assert list(_parse_baselines([f"mnist5k={baseline_json}"], both)) == ["mnist5k:test"]
-    assert list(_parse_baselines([baseline_json], both)) == ["mnist5k:test"]  # fitted for mnist5k only
-    with pytest.raises(UserError, match="not among --ood"):
-        _parse_baselines([baseline_json], ["digits:test"])

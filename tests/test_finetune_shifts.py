@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from probekit.finetune.data import EvalSet
+from probekit.finetune.data import ImageEvalSet
 from probekit.finetune.ddp import Dist
 from probekit.finetune.loop import _Evaluator
+from probekit.records import EvalPlan, OODView, evaluation_records
 from probekit.robustness import effective_robustness, fit_baseline
 from probekit.robustness.shifts import shift_for
 
@@ -42,13 +43,15 @@ def test_imagenet_r_is_scored_on_its_200_classes_and_er_uses_the_subset_id_accur
     r_targets = np.arange(100) % 200
     r_pred = np.array([sub[k] if i < 60 else sub[(k + 1) % 200] for i, k in enumerate(r_targets)])
 
-    id_set = EvalSet("imagenet:val", Coded(val_pred, val_targets), np.arange(60))
-    ood = EvalSet("imagenet-r:test", Coded(r_pred, r_targets), np.arange(100))
-    id_sub = EvalSet("imagenet:val[r]", Coded(val_pred, val_targets), np.flatnonzero(shift.id_mask(val_targets)))
+    id_set = ImageEvalSet("imagenet:val", Coded(val_pred, val_targets), np.arange(60))
+    ood = ImageEvalSet("imagenet-r:test", Coded(r_pred, r_targets), np.arange(100))
+    id_sub = ImageEvalSet("imagenet:val[r]", Coded(val_pred, val_targets), np.flatnonzero(shift.id_mask(val_targets)))
     baseline = fit_baseline([0.5, 0.7, 0.8, 0.9], [0.2, 0.4, 0.5, 0.7], names=list("abcd"), ood_set="imagenet-r")
-    evaluate = _Evaluator(id_set, [ood], {"imagenet-r:test": baseline}, lambda x: x, Dist(), torch.device("cpu"), None,
-                          {"imagenet-r:test": shift}, {"imagenet-r:test": id_sub})
-    record = evaluate(OneHot())
+    evaluate = _Evaluator({"imagenet:val": id_set, "imagenet-r:test": ood, "imagenet-r:test__id": id_sub},
+                          {"imagenet-r:test": (shift, "ood"), "imagenet-r:test__id": (shift, "id")},
+                          lambda x: x, Dist(), torch.device("cpu"), None)
+    plan = EvalPlan("imagenet:val", 60, (OODView("imagenet-r:test", 100, shift, 40, baseline),))
+    record = evaluation_records(plan, evaluate(OneHot()), step=0, epoch=0.0, heads=[{"head": "h"}], mode="finetune")[0]
 
     assert record["acc_id"] == pytest.approx(50 / 60)
     assert record["acc_id_subset"]["imagenet-r:test"] == pytest.approx(30 / 40)

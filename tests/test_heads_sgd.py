@@ -40,7 +40,7 @@ def plain_loop(X, y, lr, seed, *, batch_size, epochs, momentum, weight_decay, sc
     return head.weight.detach().numpy(), head.bias.detach().numpy(), accs
 
 
-@pytest.mark.parametrize("momentum,wd,schedule", [(0.9, 0.0, "constant"), (0.5, 1e-3, "cosine"), (0.0, 0.0, "step")])
+@pytest.mark.parametrize("momentum,wd,schedule", [(0.9, 0.0, "constant"), (0.5, 1e-3, "cosine"), (0.0, 0.0, "step-30-60-90")])
 def test_joint_equals_plain_pytorch_loop(digits, momentum, wd, schedule):
     X, y, Xte, yte = digits
     lrs, seeds = [0.05, 0.5], [0, 1, 2]

@@ -98,8 +98,8 @@ def test_build_refuses_wrong_labels(tmp_path, capsys):
                        r"unknown buildable baseline")
 
 
-def test_build_reads_labels_through_the_datasets_registry(tmp_path, monkeypatch):
-    import probekit.robustness.testbeds as tb
+def test_build_cli_reads_labels_through_the_datasets_registry(tmp_path, monkeypatch):
+    import probekit.datasets.cifar as cifar
 
     seen = {}
 
@@ -107,9 +107,10 @@ def test_build_reads_labels_through_the_datasets_registry(tmp_path, monkeypatch)
         seen["root"] = root
         return _synthetic_cifar_labels()
 
-    monkeypatch.setattr(tb, "cifar10_test_labels", fake)
-    b, path = build_cifar10_baseline(name="cifar10-cifar10.1-v4", data_root=tmp_path / "data", cache_dir=tmp_path)
-    assert seen["root"] == tmp_path / "data" and path.name == "cifar10-cifar10.1-v4.json" and b.ood_set == "cifar10.1-v4:test"
+    monkeypatch.setattr(cifar, "cifar10_test_labels", fake)
+    assert main(["baseline", "build", "cifar10-cifar10.1-v4", "--data-root", str(tmp_path / "data"), "--cache-dir", str(tmp_path)]) == 0
+    b = load_baseline("cifar10-cifar10.1-v4", cache_dir=tmp_path)
+    assert seen["root"] == str(tmp_path / "data") and b.ood_set == "cifar10.1-v4:test"
 
 
 def test_fit_csv(tmp_path, capsys):
@@ -180,5 +181,7 @@ def test_build_from_a_real_cifar10_test_batch_layout(tmp_path):
         pickle.dump({"data": data, "labels": labels.tolist()}, f)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    b, path = build_cifar10_baseline(data_root=tmp_path / "data", cache_dir=tmp_path / "cache")
+    from probekit.datasets.cifar import cifar10_test_labels
+
+    b, path = build_cifar10_baseline(cifar10_test_labels(tmp_path / "data"), cache_dir=tmp_path / "cache")
     assert path.exists() and b.n == 30

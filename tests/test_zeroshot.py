@@ -18,6 +18,7 @@ open_clip = pytest.importorskip("open_clip")
 from _clip import ARCH, MODEL, save_tiny_clip  # noqa: E402
 from _clip import matching_features as _matching_features  # noqa: E402
 from _features import write_feature_entry  # noqa: E402
+from probekit import features
 from probekit import cache  # noqa: E402
 from probekit.cli import main  # noqa: E402
 from probekit.errors import UserError  # noqa: E402
@@ -169,7 +170,7 @@ def test_zero_shot_command_writes_a_run(tmp_path, clip, class_file, capsys):
     want = effective_robustness(1.0, 0.5, load_baseline(str(tmp_path / "baseline.json")), n_id=60, return_clipped=True)[0]
     assert rec["er"]["synth-ood:test"] == pytest.approx(want)
     assert rec.get("clipped") is True  # acc_id of exactly 1 was clipped for the logit
-    assert run.summary["acc_id"] == 1.0 and run.summary["text_cache_hit"] is True
+    assert run.summary["heads"]["zero-shot"]["final"]["acc_id"] == 1.0 and run.summary["text_cache_hit"] is True
     assert run.config["model"] == MODEL and run.config["num_classes"] == 3
     preds = np.load(out / "predictions.npz")
     assert preds["synth-ood:test"].shape == (1, 1, 30)
@@ -386,7 +387,7 @@ def test_end_to_end_with_features_from_extract(tmp_path, clip, capsys):
     assert main(["zero-shot", "--model", MODEL, "--weights", str(weights), "--classes", str(names), "--id", "digits:test",
                  "--out", str(out), "--cache-dir", str(store)]) == 0
     rec = read_run(out).records[0]
-    fs = cache.resolve_features("digits:test", model=MODEL, cache_dir=store, weights=str(weights))
+    fs = features.resolve_features("digits:test", model=MODEL, cache_dir=store, weights=str(weights))
     head = zero_shot_head(MODEL, str(names), weights=weights, cache_dir=store)
     assert rec["acc_id"] == pytest.approx(float((head.logits(fs.features).argmax(1) == fs.labels).mean()))
     np.testing.assert_allclose(np.linalg.norm(fs.features, axis=1), 1.0, atol=1e-4)  # extract stores the normalised embedding

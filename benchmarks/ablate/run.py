@@ -37,7 +37,7 @@ def probekit(args: list[str], env: dict) -> float:
 
 
 def ensure_features(model: str, cache_dir: str, image_size: int, specs: list[str], env: dict) -> None:
-    from probekit.cache import find_features
+    from probekit.features import find_features
     from probekit.errors import UserError
 
     for spec in specs:

@@ -32,7 +32,7 @@ import torch
 
 def load(args):
     try:
-        from probekit.cache import resolve_features
+        from probekit.features import resolve_features
 
         kw = dict(model=args.model, cache_dir=args.cache_dir, image_size=args.image_size)
         tr, te = (resolve_features(s, **kw) for s in (args.train, args.id))
@@ -57,10 +57,11 @@ def bench_lbfgs(tr, te, cold: bool, budget: float | None) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     from probekit.heads.lbfgs import DEFAULT_L2_GRID, stratified_split
+    from probekit.heads.config import TrainHeadConfig
     from probekit.heads.run import train_head
 
     t, c = time.perf_counter(), time.process_time()
-    res = train_head(tr, te, solver="lbfgs", val_fraction=0.1, progress=False)
+    res = train_head(TrainHeadConfig(tr, te, solver="lbfgs", val_fraction=0.1, progress=False))
     ours_s, ours_cpu = time.perf_counter() - t, time.process_time() - c
     est = res.estimator
     ours = {"seconds": ours_s, "cpu_seconds": ours_cpu, "per_l2_s": {float(k): v for k, v in est.solve_seconds_.items()}, "chosen_l2": est.chosen_l2_, "val_acc": est.val_scores_[est.chosen_l2_],

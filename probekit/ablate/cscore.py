@@ -71,7 +71,8 @@ def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights
     from scipy.stats import spearmanr
     from tqdm import tqdm
 
-    from probekit.heads.evaluation import predict_heads, resolve_device
+    from probekit.heads.evaluation import predict_heads
+    from probekit.runtime import choose_device
     from probekit.heads.run import _check_finite, _load
     from probekit.heads.sgd import SGDHeads, head_steps
 
@@ -83,7 +84,7 @@ def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights
         raise UserError(f"--ratios repeats a value ({ratios}); give each once")
     if int(heads_per_ratio) != heads_per_ratio or heads_per_ratio < 1 or heads_per_ratio * len(ratios) < 2:
         raise UserError(f"--heads-per-ratio must be a positive whole number with at least 2 heads in all, got {heads_per_ratio!r}")
-    dev = resolve_device(device)
+    dev = choose_device(device)
     find_kw = {k: v for k, v in (("weights", weights), ("image_size", image_size), ("feature", feature)) if v not in (None, "default")}
     tr = _load(train, model=model, cache_dir=cache_dir, find_kw=find_kw, role="train")
     _check_finite(tr, "train")

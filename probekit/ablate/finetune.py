@@ -31,14 +31,14 @@ def ablate_finetune(train: str, id_set: str | None, ood: Sequence[str] = (), *, 
     from probekit.datasets import create_dataset
     from probekit.finetune import FinetuneConfig, finetune
     from probekit.finetune.checkpoint import checkpoint_path
-    from probekit.finetune.loop import _split
+    from probekit.names import parse_dataset_split
 
     if grid.classes:
         raise UserError("--mode finetune takes --sizes and --difficulty; diversity cells (--classes) run on cached "
                         "features with --mode sgd or lbfgs")
     if grid.lrs is None:
         raise UserError("--mode finetune needs --lr (one network per cell and learning rate)")
-    name, split = _split(train, "train")
+    name, split = parse_dataset_split(train, "train")
     labels = np.asarray(create_dataset(name, split, root=data_root).targets)
     scores = _load_scores(cscores, labels)
     all_cells, cells = plan_cells(labels, grid, cscores=scores, shard=shard)

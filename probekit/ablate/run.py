@@ -91,15 +91,15 @@ def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "s
            weight_decay: float = 0.0, schedule: str = "constant", head_init: str = "uniform",
            l2_grid: Sequence[float] | None = None, val_fraction: float | None = None, val_seed: int = 0,
            refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
-           lbfgs_dtype: str = "float64") -> AblationResult:
+           lbfgs_dtype: str = "auto") -> AblationResult:
     """Run the cells of `grid` (this `shard` of them) that `out` does not hold complete yet.
 
     Feature sets, baseline and solver options are `train_head`'s. `grid.lrs` is None for
     ``mode="lbfgs"`` (λ is swept inside each cell). `budget`: ``"epochs"`` trains every SGD cell
     `epochs` epochs of its own subset; ``"steps"`` gives every cell the steps of the largest.
     """
-    from probekit.heads.evaluation import resolve_device
-    from probekit.heads.run import load_inputs, resolve_baseline
+    from probekit.heads.run import load_inputs, resolve_baselines
+    from probekit.runtime import choose_device
 
     t0 = time.time()
     if mode not in MODES:
@@ -107,7 +107,7 @@ def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "s
     if (mode == "lbfgs") != (grid.lrs is None):
         raise UserError("--lr is for --mode sgd; L-BFGS cells sweep --l2-grid instead" if mode == "lbfgs"
                         else "--mode sgd needs learning rates (--lr)")
-    dev = resolve_device(device)
+    dev = choose_device(device)
     inputs = load_inputs(train, id_set, ood, val=val, val_fraction=val_fraction, model=model, cache_dir=cache_dir,
                          weights=weights, image_size=image_size, feature=feature)
     tr = inputs.train
@@ -116,11 +116,11 @@ def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "s
                         "drop one of them")
     scores = _load_scores(cscores, tr.labels)
     all_cells, cells = plan_cells(tr.labels, grid, cscores=scores, shard=shard)
-    base, er_sets = resolve_baseline(baseline, inputs.ood)
+    baselines = resolve_baselines(baseline, inputs.ood, cache_dir=cache_dir)
     options = {"mode": mode, "train": tr.name, "id_set": inputs.id_set.name, "ood": [o.name for o in inputs.ood],
                "val": inputs.val.name if inputs.val is not None else None, "model": model,
-               "baseline": base.name if base is not None else None,
-               "baseline_fit": base.to_json() if base is not None and hasattr(base, "to_json") else None,
+               "baseline": " ".join(sorted({b.name for b in baselines.values()})) or None,
+               "baselines": {s: b.to_json() for s, b in baselines.items()},
                "cscores": str(cscores) if cscores else None}
     local = locals()
     options |= {k: local[k] for k in (_SGD_OPTIONS if mode == "sgd" else _LBFGS_OPTIONS)}
@@ -142,9 +142,9 @@ def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "s
                            weight_decay=weight_decay, schedule=schedule, eval_every=eval_every, head_init=head_init,
                            n_classes=inputs.num_classes, device=dev, storage_dtype=storage_dtype, budget=budget)
             est._check_params()
-            _run_sgd(est, todo, inputs, scores, base, er_sets, out, options, overwrite=overwrite, progress=progress, dev=dev)
+            _run_sgd(est, todo, inputs, scores, baselines, out, options, overwrite=overwrite, progress=progress, dev=dev)
         else:
-            _run_lbfgs(todo, inputs, scores, cscores, base, out, options, overwrite=overwrite, progress=progress, dev=dev,
+            _run_lbfgs(todo, inputs, scores, cscores, baselines, out, options, overwrite=overwrite, progress=progress, dev=dev,
                        storage_dtype=storage_dtype, eval_every=eval_every, l2_grid=l2_grid, val_fraction=inputs.val_fraction,
                        val_seed=val_seed, refit=refit, max_iter=max_iter, tol=tol, warm_start=warm_start, lbfgs_dtype=lbfgs_dtype)
     from probekit.ablate.report import write_tables
@@ -202,7 +202,7 @@ def _cell_rows(cells: Sequence[Cell], labels: np.ndarray, scores) -> list[np.nda
             for c in cells]
 
 
-def _run_sgd(est, cells: list[Cell], inputs, scores, base, er_sets, out: Path, options: dict, *, overwrite: bool,
+def _run_sgd(est, cells: list[Cell], inputs, scores, baselines, out: Path, options: dict, *, overwrite: bool,
              progress: bool, dev) -> None:
     """Every cell one head of one `SGDHeads` pass; each cell's folder is finished as soon as its head is."""
     import torch
@@ -212,7 +212,7 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, base, er_sets, out: Path, o
     from probekit.heads.evaluation import evaluate_all
     from probekit.heads.run import _diversity_classes, eval_views, head_records, write_heads
     from probekit.heads.sgd import head_id, head_steps
-    from probekit.robustness.runs import summarise_heads
+    from probekit.records import summarise_run
 
     tr = inputs.train
     X, y, C = tr.features, tr.labels, inputs.num_classes
@@ -223,7 +223,7 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, base, er_sets, out: Path, o
     for h, k in enumerate(kept):
         key = None if k is None else tuple(k.tolist())
         if key not in groups:
-            groups[key] = (eval_views(inputs.id_set, inputs.ood, inputs.shifts, k, dev, options["storage_dtype"]), [])
+            groups[key] = (eval_views(inputs.id_set, inputs.ood, inputs.shifts, k, dev, options["storage_dtype"], baselines=baselines), [])
         groups[key][1].append(h)
     heads = [{"head": head_id(c.lr, c.seed), "lr": c.lr, "seed": c.seed, **({"subset": c.subset} if c.subset else {}),
               "cell": c.spec()} for c in cells]
@@ -243,8 +243,7 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, base, er_sets, out: Path, o
             acc = evaluate_all(views.sets, p.W[sel], p.b[sel])
             epoch = p.epoch if np.ndim(p.epoch) == 0 else np.asarray(p.epoch)[hs]
             loss = None if p.loss is None else p.loss[hs]
-            batch = head_records(views, acc, step=p.step, epoch=epoch, loss=loss, heads=[heads[h] for h in hs], mode="sgd",
-                                 baseline=base, er_sets=er_sets)
+            batch = head_records(views, acc, step=p.step, epoch=epoch, loss=loss, heads=[heads[h] for h in hs], mode="sgd")
             for h, r in zip(hs, batch):
                 records[h].append(r)
                 writers[h].log(r)
@@ -258,9 +257,10 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, base, er_sets, out: Path, o
         state = {"weight": p.W[h].T.unsqueeze(0).cpu().contiguous(), "bias": p.b[h].unsqueeze(0).cpu().contiguous(),
                  "heads": [heads[h]["head"]], "lr": torch.tensor([c.lr]), "seed": torch.tensor([c.seed])}
         write_heads(writers[h].dir, state, tr.classes)  # a replacing writer builds its run in a staging folder
-        summary = {"solver": "sgd", "id_set": inputs.id_set.name, "ood": [o.name for o in inputs.ood],
-                   "baseline": options["baseline"], "n_train": int(len(rows[h])), "elapsed_s": round(time.time() - t_start, 3),
-                   "cell": c.spec(), "heads": summarise_heads(records[h], [heads[h]["head"]])}
+        plan = next(views.plan for views, members in groups.values() if h in members)
+        summary = summarise_run(records[h], plan, mode="sgd", heads=[heads[h]["head"]],
+                                extra={"solver": "sgd", "n_train": int(len(rows[h])), "elapsed_s": round(time.time() - t_start, 3),
+                                       "cell": c.spec()})
         writers[h].finish(summary)
 
     est_steps = head_steps([len(r) for r in rows], est.batch_size, est.epochs, est.budget)
@@ -273,13 +273,14 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, base, er_sets, out: Path, o
             w.close()
 
 
-def _run_lbfgs(cells: list[Cell], inputs, scores, cscores, base, out: Path, options: dict, *, overwrite: bool, progress: bool,
+def _run_lbfgs(cells: list[Cell], inputs, scores, cscores, baselines, out: Path, options: dict, *, overwrite: bool, progress: bool,
                dev, **solver) -> None:
     """One `train_head` L-BFGS sweep per cell, all on the features loaded once."""
+    from probekit.heads.config import TrainHeadConfig
     from probekit.heads.run import train_head
 
     for c in cells:
-        train_head(inputs.train, inputs.id_set, inputs.ood, val=inputs.val, solver="lbfgs", baseline=base, subset=c.subset,
-                   subset_seed=c.seed, cscores=cscores if c.kind == "difficulty" else None, out=cell_dir(out, c),
-                   overwrite=overwrite, device=dev, progress=progress, extra_config={"command": "ablate", "cell": c.spec()},
-                   record_extra={"cell": c.spec()}, **solver)
+        cfg = TrainHeadConfig(inputs.train, inputs.id_set, inputs.ood, val=inputs.val, solver="lbfgs", baselines=baselines,
+                              subset=c.subset, subset_seed=c.seed, cscores=cscores if c.kind == "difficulty" else None,
+                              out=cell_dir(out, c), overwrite=overwrite, device=dev, progress=progress, **solver)
+        train_head(cfg, inputs=inputs, extra_config={"command": "ablate", "cell": c.spec()}, record_extra={"cell": c.spec()})

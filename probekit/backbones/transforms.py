@@ -9,27 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from probekit.datasets.images import to_rgb  # the one conversion of any PIL mode to RGB
+
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-
-
-def to_rgb(image):
-    """Any PIL mode (L, P, LA, RGBA, CMYK, I;16 ...) to RGB; transparency composited on white."""
-    from PIL import Image
-
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        import numpy as np
-
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
-        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
-    return image.convert("RGB")
 
 
 def scaled_sizes(resize: int, crop: int, image_size: int | None) -> tuple[int, int]:

@@ -55,6 +55,21 @@ _OS_ADVICE = {
 }
 
 
+class _TerminalHandler(logging.Handler):
+    """Library messages (`logging`, logger ``probekit``) as ``probekit: ...`` lines on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"probekit: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _show_library_messages() -> None:
+    """The CLI decides what reaches the terminal: INFO and up from probekit's modules."""
+    logger = logging.getLogger("probekit")
+    if not any(isinstance(h, _TerminalHandler) for h in logger.handlers):
+        logger.addHandler(_TerminalHandler())
+    logger.setLevel(logging.INFO)
+
+
 def _command_modules() -> list:
     modules = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
     return sorted((m for m in modules if hasattr(m, "add_parser")), key=lambda m: getattr(m, "ORDER", 100))
@@ -104,6 +119,7 @@ def os_error_message(e: OSError) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The `probekit` command: parse, run, and turn every mistake a user can make into one line and exit 2."""
     _show_library_warnings()
+    _show_library_messages()
     try:
         parser = build_parser()
         try:

@@ -139,7 +139,8 @@ def add_sgd_options(parser: argparse.ArgumentParser, *, lr_default=(0.001,), def
                    help="epochs (default 100, BiT" + ("; finetune: the recipe's)" if defer_length else ")"))
     g.add_argument("--momentum", type=float_type(0, below=1, name="momentum"), default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="weight decay (default 0, BiT)")
-    g.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step"), help="learning-rate schedule")
+    g.add_argument("--schedule", default="constant", choices=("constant", "cosine", "step-30-60-90"),
+                   help="learning-rate schedule: constant, cosine (half-cosine to 0) or step-30-60-90 (x0.1 at 30/60/90%% of training)")
     g.add_argument("--head-init", default="uniform", choices=("uniform", "zeros"), help="fresh head init: nn.Linear-style uniform (seeded) or zeros")
 
 

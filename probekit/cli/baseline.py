@@ -90,7 +90,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from probekit.robustness import fit_baseline
-    from probekit.robustness.runs import points_from_runs
+    from probekit.robustness.runs import points_from_runs, shared_sizes
     from probekit.robustness.testbeds import fit_csv
 
     from probekit.paths import output_file
@@ -102,9 +102,10 @@ def run_fit(args: argparse.Namespace) -> int:
                     name=args.name or Path(args.csv).stem, source=f"user CSV {args.csv}")
     else:
         names, ids, oods, ood_set = points_from_runs(args.runs, args.ood_set)
+        n_id, n_ood = shared_sizes(args.runs, ood_set)  # lets an accuracy of exactly 0 or 1 be clipped, as in the records
         b = fit_baseline(ids, oods, args.transform, bootstrap=args.bootstrap, seed=args.seed, names=names,
                          name=args.name or "runs", source=f"final records of {len(args.runs)} run folder(s): {', '.join(args.runs)}",
-                         ood_set=ood_set)
+                         ood_set=ood_set, n_id=n_id, n_ood=n_ood)
     print(b.describe())
     if args.out is not None:
         print(f"wrote {b.save(args.out)}")
@@ -114,8 +115,12 @@ def run_fit(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     from probekit.robustness import build_cifar10_baseline
 
-    b, path = build_cifar10_baseline(args.labels, name=args.name, data_root=args.data_root, cache_dir=args.cache_dir,
-                                     download=args.download)
+    labels = args.labels
+    if labels is None:
+        from probekit.datasets.cifar import cifar10_test_labels
+
+        labels = cifar10_test_labels(args.data_root, download=args.download)
+    b, path = build_cifar10_baseline(labels, name=args.name, cache_dir=args.cache_dir)
     print(b.describe())
     print(f"wrote {path}")
     return 0

@@ -32,7 +32,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=_common.batch_size, default=None, help="global batch size (recipe: 64), split over torchrun processes")
     p.add_argument("--momentum", type=_common.float_type(0, below=1, name="momentum"), default=None, help="SGD momentum (recipe: 0.9)")
     p.add_argument("--weight-decay", type=_common.nonnegative_float, default=None, help="weight decay (recipe: 1e-4)")
-    p.add_argument("--schedule", default=None, choices=("constant", "cosine", "step"), help="learning-rate schedule (recipe: constant)")
+    p.add_argument("--schedule", default=None, choices=("constant", "cosine", "step-50-75"),
+                   help="learning-rate schedule (recipe: constant): constant, cosine (half-cosine to 0) or step-50-75 (x0.1 at 50%% and 75%% of training)")
     p.add_argument("--augmentation", default=None, choices=("crop-flip", "crop", "resized-crop-flip", "none"), help="training augmentation (recipe: crop-flip; resized-crop-flip for ImageNet, crop for digits)")
     p.add_argument("--image-size", type=_common.image_size, default=None, help="train/eval resolution in pixels (recipe)")
     p.add_argument("--eval-every", type=_common.positive_int, default=None, help="steps between evaluations (default: once per epoch)")
@@ -81,10 +82,9 @@ def run(args: argparse.Namespace) -> int:
         return e.exit_code
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
-    for head, rec in summary["heads"].items():
-        ood = " ".join(f"{k}={v:.4f}" for k, v in (rec.get("acc_ood") or {}).items())
-        er = " ".join(f"ER[{k}]={v:+.4f}" for k, v in (rec.get("er") or {}).items())
-        acc = rec.get("acc_id")
-        print(f"{head}: step {rec.get('step')} acc_id={acc:.4f} {ood} {er}".rstrip() if acc is not None else f"{head}: step {rec.get('step')}")
+    from probekit.records import final_line
+
+    for head, entry in summary["heads"].items():
+        print(final_line(head, entry))
     print(f"run folder: {args.out}")
     return 0

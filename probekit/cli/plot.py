@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(ablate --out: ER against size / classes / difficulty and ID vs OOD per cell, and its summary table)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures (default: the first run folder)")
     p.add_argument("--baseline", default=None, metavar="NAME|FILE",
-                   help="baseline line and ER (default: the runs' config 'baseline'); see `probekit baseline list`")
+                   help="baseline line and ER (default: the baseline the runs logged ER with, from their config.json); see `probekit baseline list`")
     p.add_argument("--transform", choices=("logit", "probit"), default=None,
                    help="axes / baseline transform (default: logit for a named baseline, the file's own for a file)")
     p.add_argument("--testbed", default=None, metavar="CSV|NAME", help="testbed points (default: the baseline's models)")
@@ -28,25 +28,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _default_baseline(runs: list) -> str | None:
-    names = {r.config.get("baseline") for r in runs if isinstance(r.config.get("baseline"), str)}
-    return names.pop() if len(names) == 1 else None
+def _logged_baseline(runs: list, ood_set: str | None):
+    """The baseline the runs logged ER with (config.json, any spelling: `records.logged_baselines`),
+    when they agree on one for the plotted OOD set: a Baseline, a name still to load, or None.
 
-
-def _logged_fit(runs: list):
-    """The baseline fit stored in the runs' configs (`baseline_fit`), when they all share one.
-
-    A run records the fit itself, not only the name or path it was given, so its figure
-    keeps its baseline even after the fit file moves."""
+    A run records the fit itself, not only the name or path it was given, so its figure keeps
+    its baseline even after the fit file moves."""
     import json
 
-    from probekit.robustness import Baseline
+    from probekit.names import dataset_name
+    from probekit.records import logged_baselines
 
-    fits = {json.dumps(r.config.get("baseline_fit"), sort_keys=True) for r in runs}
-    if len(fits) != 1:
-        return None
-    fit = json.loads(fits.pop())
-    return Baseline.from_json(fit) if isinstance(fit, dict) else None
+    found = {}
+    for r in runs:
+        for s, b in logged_baselines(r.config or {}).items():
+            if ood_set and s != "*" and dataset_name(s) != dataset_name(ood_set):
+                continue
+            found[json.dumps(b.to_json() if hasattr(b, "to_json") else b, sort_keys=True)] = b
+    return found.popitem()[1] if len(found) == 1 else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,16 +74,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: run {folder} is incomplete (killed, failed or still running); plotted up to step {last}")
     name = args.baseline
     baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir) if name else None
-    if baseline is None and not args.transform:
-        baseline = _logged_fit(runs)
-        name = baseline.name if baseline is not None else None
-    if baseline is None and _default_baseline(runs):
-        name = _default_baseline(runs)
-        try:  # the runs' own baseline, when it still resolves (a name, or a fit file that still exists)
+    logged = _logged_baseline(runs, args.ood_set) if baseline is None else None
+    if isinstance(logged, str) or (logged is not None and args.transform and args.transform != logged.transform):
+        name = logged if isinstance(logged, str) else logged.name
+        try:  # by name: the runs' own baseline when it still resolves (a name, or a fit file that still exists)
             baseline = load_baseline(name, transform=args.transform, cache_dir=args.cache_dir)
         except UserError as e:
             print(f"note: the runs' baseline {name!r} cannot be loaded ({e}); plotting without it (pass --baseline)")
             name = None
+    elif logged is not None:
+        baseline, name = logged, logged.name
     if args.testbed:
         points = load_testbed_points(args.testbed, cache_dir=args.cache_dir)
     elif name in NAMED and NAMED[name].csv:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from probekit.cli import _common
+from probekit.heads.config import TrainHeadConfig
 
 ORDER = 20
 
@@ -24,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=_common.fraction, default=None, help="hold out this stratified fraction of train for choosing λ (lbfgs)")
     p.add_argument("--id", dest="id_set", required=True, help="in-distribution test features: dataset:split or a .h5 file")
     p.add_argument("--ood", nargs="*", default=[], help="OOD test features (any number)")
-    p.add_argument("--baseline", default=None, help="ER baseline: a named testbed (see `probekit baseline list`) or a fit JSON file")
+    p.add_argument("--baseline", nargs="*", default=[], metavar="NAME|FILE|OOD_SET=NAME",
+                   help="ER baseline: a named testbed (see `probekit baseline list`) or a fit JSON file, applied to the OOD sets "
+                        "it was fitted for; or OOD_SET=BASELINE for one set")
     p.add_argument("--solver", default="sgd", help="sgd (batched SGD heads) or lbfgs (L2 sweep)")
     p.add_argument("--subset", default=None, help="class-balanced training subset: per-class=N, classes=K, cscore=easiest|hardest|random:N")
     p.add_argument("--subset-seed", type=_common.seed, default=0, help="seed of the subset draw (default 0)")
@@ -51,38 +54,45 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def config_from_args(args: argparse.Namespace, train=None) -> TrainHeadConfig:
+    """The `TrainHeadConfig` these arguments describe (`train` replaces ``--train`` when resolved already)."""
+    return TrainHeadConfig(
+        train=args.train if train is None else train, id_set=args.id_set, ood=list(args.ood), val=args.val, model=args.model,
+        weights=args.weights, image_size=args.image_size, feature=args.feature, cache_dir=args.cache_dir, solver=args.solver,
+        baselines=list(args.baseline), subset=args.subset, subset_seed=args.subset_seed, cscores=args.cscores, out=args.out,
+        overwrite=args.overwrite, save_predictions=args.save_predictions, device=args.device, storage_dtype=args.storage_dtype,
+        eval_every=args.eval_every, progress=not args.no_progress, lrs=list(args.lr), seeds=list(args.seeds),
+        batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum, weight_decay=args.weight_decay,
+        schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid, val_fraction=args.val_fraction,
+        refit=args.refit, max_iter=args.max_iter, tol=args.tol, select_tol=args.select_tol or None, warm_start=not args.no_warm_start,
+        lbfgs_dtype=args.lbfgs_dtype, allow_mixed_features=args.allow_mixed_features, resume=args.resume)
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from probekit.finetune.loop import Stopped
+    from probekit.runtime import Stopped
     from probekit.heads.run import train_head
+    from probekit.records import final_line
     from probekit.zeroshot.init import resolve_init
 
     train, init, init_config = resolve_init(args.init, args.classes, args.templates, train=args.train, model=args.model,
                                             weights=args.weights, cache_dir=args.cache_dir, device=args.device,
                                             image_size=args.image_size, feature=args.feature)
     try:
-        res = train_head(train, args.id_set, args.ood, val=args.val, model=args.model, cache_dir=args.cache_dir,
-                         weights=args.weights, image_size=args.image_size, feature=args.feature, solver=args.solver,
-                         baseline=args.baseline, subset=args.subset, subset_seed=args.subset_seed, cscores=args.cscores,
-                         out=args.out, overwrite=args.overwrite, save_predictions=args.save_predictions, device=args.device,
-                         storage_dtype=args.storage_dtype, eval_every=args.eval_every, progress=not args.no_progress,
-                         lrs=args.lr, seeds=args.seeds, batch_size=args.batch_size, epochs=args.epochs, momentum=args.momentum,
-                         weight_decay=args.weight_decay, schedule=args.schedule, head_init=args.head_init, l2_grid=args.l2_grid,
-                         val_fraction=args.val_fraction, refit=args.refit, max_iter=args.max_iter, tol=args.tol,
-                         select_tol=args.select_tol or None,
-                         warm_start=not args.no_warm_start, lbfgs_dtype=args.lbfgs_dtype, init=init, extra_config=init_config,
-                         allow_mixed_features=args.allow_mixed_features, resume=args.resume)
+        res = train_head(config_from_args(args, train), init=init, extra_config=init_config)
     except Stopped as e:  # SIGTERM / Ctrl-C: exit 128 + signal with what to do next, like extract and finetune
         print(f"probekit: {e}", file=sys.stderr)
         return e.exit_code
     s = res.summary
     if s["solver"] == "lbfgs":
-        h = s["heads"].get(s["chosen_head"], {})
-        print(f"chosen l2={s['chosen_l2']:g}  acc_id={h.get('final', {}).get('acc_id', float('nan')):.4f}  "
-              f"acc_ood={h.get('final', {}).get('acc_ood')}  -> {res.out}")
+        print(f"chosen l2={s['chosen_l2']:g}" + (f" (on {s['best']['chosen_on']})" if s["best"]["chosen_on"] else ""))
+        print(final_line(s["chosen_head"], s["heads"].get(s["chosen_head"], {})))
     else:
         for name, h in s["heads"].items():
-            print(f"{name}  acc_id={h['final']['acc_id']:.4f}  acc_ood={h['final']['acc_ood']}" + (f"  er={h['final']['er']}" if "er" in h["final"] else ""))
-        print(f"-> {res.out}")
+            print(final_line(name, h))
+        if s.get("best"):
+            b = s["best"]
+            print(f"best on {b['chosen_on']}: {b['head']} at step {b['step']} (acc_val={b['acc_val']:.4f}, acc_id={b['acc_id']:.4f})")
+    print(f"-> {res.out}")
     return 0

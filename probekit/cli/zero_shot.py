@@ -28,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "templates for imagenet / cifar10, 'a photo of a {}.' for a class file)")
     p.add_argument("--id", required=True, metavar="SPEC", help="ID test features: dataset:split or a feature file")
     p.add_argument("--ood", nargs="*", default=[], metavar="SPEC", help="OOD test features: dataset:split or feature files")
-    p.add_argument("--baseline", default=None, metavar="NAME|FILE", help="ER baseline: a named testbed fit or a JSON fit file")
+    p.add_argument("--baseline", nargs="*", default=[], metavar="NAME|FILE|OOD_SET=NAME",
+                   help="ER baseline: a named testbed fit or a JSON fit file (applied to the OOD sets it was fitted for), "
+                        "or OOD_SET=BASELINE for one set")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace a complete run already in --out")
     p.add_argument("--no-text-cache", action="store_true", help="recompute the text embeddings instead of reading the cache")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from probekit.zeroshot.run import run_zero_shot
 
     result = run_zero_shot(args.model, args.classes, args.id, args.ood, out=args.out, weights=args.weights,
-                           templates=args.templates, baseline=args.baseline, cache_dir=args.cache_dir,
+                           templates=args.templates, baseline=list(args.baseline), cache_dir=args.cache_dir,
                            device=args.device, overwrite=args.overwrite, use_text_cache=not args.no_text_cache)
     rec = result.record
     parts = [f"acc_id {rec['acc_id']:.4f}"]

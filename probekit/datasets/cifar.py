@@ -117,3 +117,13 @@ def build_cifar101_v4(split: str, *, root: Path, transform=None, download=False)
     """CIFAR-10.1 v4 (2,021 images)."""
     return _build_cifar101("v4", "cifar10.1-v4", split, root, transform, download)
 
+
+
+def cifar10_test_labels(data_root=None, *, download: bool = False) -> np.ndarray:
+    """CIFAR-10 test labels in test-batch order, from the dataset on disk (or downloaded on request)."""
+    from probekit.datasets.registry import create_dataset
+
+    try:
+        return np.asarray(create_dataset("cifar10", "test", root=data_root, download=download).targets, dtype=np.int64)
+    except UserError as e:
+        raise UserError(f"{e}; the CIFAR-10 baseline needs the CIFAR-10 test labels (or pass --labels FILE.npy)") from None

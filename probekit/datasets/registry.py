@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probekit.errors import UserError, unknown_name
+from probekit.names import FOLDER_PREFIX, parse_dataset_split  # noqa: F401  (re-exported: the one parser)
 from probekit.paths import data_root
-
-FOLDER_PREFIX = "folder:"
 
 
 @dataclass(frozen=True)
@@ -52,22 +51,6 @@ def list_datasets() -> dict[str, tuple[str, ...]]:
     out = {name: e.splits for name, e in sorted(_REGISTRY.items())}
     out[FOLDER_PREFIX + "PATH"] = ("all", "<subfolder>")
     return out
-
-
-def parse_dataset_split(text: str) -> tuple[str, str]:
-    """`"cifar10:train"` -> `("cifar10", "train")`; `"folder:/data/pets:val"` -> `("folder:/data/pets", "val")`."""
-    text = str(text).strip()
-    expected = "expected DATASET:SPLIT, e.g. 'cifar10:train', 'digits:test' or 'folder:/path/to/tree:all'"
-    if text.startswith(FOLDER_PREFIX):
-        rest = text[len(FOLDER_PREFIX):]
-        path, sep, split = rest.rpartition(":")
-        if not sep or not path or not split or "/" in split or "\\" in split:
-            raise UserError(f"missing split in {text!r}; {expected}")
-        return FOLDER_PREFIX + path, split
-    name, sep, split = text.partition(":")
-    if not sep or not name or not split:
-        raise UserError(f"missing split in {text!r}; {expected}")
-    return name, split
 
 
 def dataset_entry(name: str) -> DatasetEntry:

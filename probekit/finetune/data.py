@@ -18,16 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from probekit.datasets.images import to_rgb
 from probekit.errors import UserError
 
 # Eval sets whose decoded uint8 pixels fit this budget are held in memory after the first pass.
 EVAL_CACHE_BYTES = 1 << 30
-
-
-def _rgb(image):
-    from probekit.backbones.transforms import to_rgb
-
-    return to_rgb(image)
 
 
 @dataclass(frozen=True)
@@ -43,7 +38,7 @@ class TrainTransform:
         from torchvision.transforms import functional as F
         from torchvision.transforms import RandomCrop, RandomResizedCrop
 
-        image = _rgb(image)
+        image = to_rgb(image)
         bilinear = InterpolationMode.BILINEAR
         if self.augmentation == "resized-crop-flip":
             i, j, h, w = RandomResizedCrop.get_params(image, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
@@ -63,7 +58,7 @@ class TrainTransform:
 
 
 @dataclass(frozen=True)
-class EvalTransform:
+class ResizeCenterCrop:
     """PIL image -> uint8 tensor [3, size, size]: Resize(size * resize_ratio) + CenterCrop(size)."""
 
     size: int
@@ -73,7 +68,7 @@ class EvalTransform:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
-        image = _rgb(image)
+        image = to_rgb(image)
         image = F.resize(image, round(self.size * self.resize_ratio), interpolation=InterpolationMode.BILINEAR)
         image = F.center_crop(image, [self.size, self.size])
         return F.pil_to_tensor(image)
@@ -160,7 +155,7 @@ class StepBatches(torch.utils.data.Sampler):
             yield [(int(order[p]), int(seeds[p])) for p in positions]
 
 
-def check_labels(dataset, num_classes: int, what: str) -> None:
+def check_dataset_labels(dataset, num_classes: int, what: str) -> None:
     """Refuse a dataset with a label outside ``0 .. num_classes-1``, naming the first offending item."""
     targets = np.asarray(dataset.targets)
     bad = np.flatnonzero((targets < 0) | (targets >= num_classes))
@@ -170,7 +165,7 @@ def check_labels(dataset, num_classes: int, what: str) -> None:
                         f"outside the head's {num_classes} classes; train and evaluate on the same label space")
 
 
-class EvalSet:
+class ImageEvalSet:
     """One evaluation set: a fixed (optionally class-balanced subset) list of items, cached as uint8.
 
     `rows` are dataset indices; under DDP each rank evaluates ``rows[rank::world]`` and the

@@ -10,53 +10,25 @@ be on a filesystem all nodes share).
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    distributed: bool = False  # joined a process group (launched by torchrun), whatever the world size
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.distributed or self.world > 1
+from probekit.runtime import TorchrunEnv
 
 
-def launched_by_torchrun() -> bool:
-    """True in a process started by torchrun (its env:// rendezvous variables are set)."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+Dist = TorchrunEnv  # this process's rank, world size, local rank and whether torchrun launched it
 
 
 def setup(device: str | None) -> tuple[Dist, torch.device]:
-    """Join the process group when launched by torchrun; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            from probekit.errors import UserError
+    """Join the process group when launched by torchrun; pick this process's device (`probekit.runtime`)."""
+    from probekit.runtime import choose_device, torchrun_env
 
-            raise UserError(f"--device {device} asked for CUDA but no GPU is visible; pass --device cpu")
-        if (world > 1 or launched_by_torchrun()) and dev.index is None:
-            dev = torch.device("cuda", local)
+    env = torchrun_env()
+    dev = choose_device(device)
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    distributed = world > 1 or launched_by_torchrun()
-    if distributed and not torch.distributed.is_initialized():
+    if env.enabled and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Dist(rank, world, local, distributed), dev
+    return env, dev
 
 
 def teardown(dist: Dist) -> None:

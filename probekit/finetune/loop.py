@@ -10,9 +10,6 @@ current step). Data order, augmentation, dropout and the learning rate are pure 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +21,12 @@ import torch
 from probekit.errors import UserError
 from probekit.finetune import ddp
 from probekit.finetune.checkpoint import BackgroundSaver, checkpoint_path, load_checkpoint, save_checkpoint
-from probekit.finetune.data import (EvalSet, EvalTransform, Normalize, RowView, SeededSamples, StepBatches, TrainTransform,
-                                    check_labels, eval_rows)
+from probekit.finetune.data import (ImageEvalSet, Normalize, ResizeCenterCrop, RowView, SeededSamples, StepBatches, TrainTransform,
+                                    check_dataset_labels, eval_rows)
 from probekit.finetune.recipes import Recipe, default_recipe, get_recipe, lr_at
+from probekit.names import parse_dataset_split
+from probekit.runtime import PRECISIONS, Stopped, StopRequest, autocast, autocast_dtype, precision_name  # noqa: F401  (Stopped, PRECISIONS: the API)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -71,145 +69,59 @@ class FinetuneConfig:
     record_extra: dict = field(default_factory=dict)  # added to config.json and every record (an ablation cell's spec)
 
 
-class Stopped(Exception):
-    """Raised after a SIGTERM / Ctrl-C stop has been checkpointed; carries the resume hint."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class _StopRequest:
-    """Turns SIGTERM and the first Ctrl-C into a request honoured after the current step."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
-def _split(text: str, default_split: str) -> tuple[str, str]:
-    from probekit.datasets import parse_dataset_split
-
-    if text.startswith("folder:") and text.count(":") == 1:
-        return text, "all"  # a class-per-folder tree without split subfolders
-    if ":" not in text:
-        return text, default_split
-    return parse_dataset_split(text)
-
-
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return ((int(seed) * 1_000_003 + int(step)) * 131 + int(rank)) % (2**63 - 1)
 
 
-def _parse_baselines(specs: list[str], ood_names: list[str]) -> dict[str, Any]:
-    from probekit.robustness import load_baseline
-
-    from probekit.robustness.shifts import dataset_name
-
-    out: dict[str, Any] = {}
-    for spec in specs:
-        target, sep, source = spec.rpartition("=")
-        named = [n for n in ood_names if target in (n, dataset_name(n))] if sep else []
-        if named:
-            for name in named:
-                out[name] = load_baseline(source)
-        elif sep and target and not os.path.exists(spec):
-            raise UserError(f"--baseline {spec!r} names OOD set {target!r}, which is not among --ood {ood_names}; "
-                            f"use OOD_SET=BASELINE with one of those")
-        else:
-            b = load_baseline(spec)
-            fitting = [name for name in ood_names if b.applies_to(name)]
-            if ood_names and not fitting:
-                raise UserError(f"baseline {b.name} is fitted for OOD set {b.ood_set}, which is not among --ood "
-                                f"{' '.join(ood_names)}; pass the baseline of one of these sets")
-            for name in fitting:
-                out.setdefault(name, b)
-    if out and not ood_names:
-        raise UserError("--baseline needs at least one --ood set to compute effective robustness on")
-    return out
-
-
-def _resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision not in PRECISIONS:
-        from probekit.errors import unknown_name
-
-        raise unknown_name("precision", precision, PRECISIONS)
-    if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 class _Evaluator:
-    """Accuracy of the current network on the ID set and every OOD set, plus ER, as one record."""
+    """Accuracy of the current network on every view of the evaluation plan (`probekit.records`).
 
-    def __init__(self, id_set: EvalSet, ood_sets: list[EvalSet], baselines: dict, normalize, dist, device, amp,
-                 shifts: dict | None = None, id_subsets: dict[str, EvalSet] | None = None):
-        self.id_set, self.ood_sets, self.baselines = id_set, ood_sets, baselines
+    The records themselves come from `records.evaluation_records`, as in every other mode."""
+
+    def __init__(self, sets: dict[str, ImageEvalSet], shifts: dict, normalize, dist, device, amp):
+        self.sets = sets        # plan key -> ImageEvalSet (ID, each OOD set, each class-restricted ID view)
+        self.shifts = shifts    # plan key -> (ClassSubsetShift, "ood" | "id") for shifted views
         self.normalize, self.dist, self.device, self.amp = normalize, dist, device, amp
-        self.shifts = shifts or {}          # OOD set -> ClassSubsetShift (ImageNet-R, ObjectNet)
-        self.id_subsets = id_subsets or {}  # OOD set -> ID rows of the shift's classes (its x-axis accuracy)
 
-    def _accuracy(self, net, evalset: EvalSet, shift=None, on: str = "ood") -> float:
-        """Top-1 accuracy; with a class-subset `shift`, in the shift's label space (`on="id"`: ImageNet labels mapped)."""
+    def _predictions(self, net, evalset: ImageEvalSet, shift, rank: int, world: int):
         from probekit.robustness.shifts import predict_shift
 
+        with autocast(self.device, self.amp):
+            for x, y in evalset.batches(rank, world):
+                yield predict_shift(net(self.normalize(x.to(self.device, non_blocking=True))).float(), shift), y
+
+    def _accuracy(self, net, key: str) -> float:
+        """Top-1 accuracy; with a class-subset shift, in the shift's label space (ID view: ImageNet labels mapped)."""
+        shift, on = self.shifts.get(key, (None, "ood"))
         correct = torch.zeros(2, dtype=torch.float64, device=self.device)
-        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            for x, y in evalset.batches(self.dist.rank, self.dist.world):
-                logits = net(self.normalize(x.to(self.device, non_blocking=True))).float()
-                pred = predict_shift(logits, shift)
-                if shift is not None and on == "id":
-                    y = torch.as_tensor(shift.map_id_labels(y))
-                correct[0] += (pred == y.to(self.device)).sum()
-                correct[1] += y.numel()
+        for pred, y in self._predictions(net, self.sets[key], shift, self.dist.rank, self.dist.world):
+            if on == "id":
+                y = torch.as_tensor(shift.map_id_labels(y))
+            correct[0] += (pred == y.to(self.device)).sum()
+            correct[1] += y.numel()
         ddp.all_sum(self.dist, correct)
         total = float(correct[1])
         return float(correct[0]) / total if total else float("nan")
 
     @torch.no_grad()
-    def __call__(self, net) -> dict[str, Any]:
+    def __call__(self, net) -> dict[str, float]:
         was_training = net.training
         net.eval()
         try:
-            acc_id = self._accuracy(net, self.id_set)
-            acc_ood = {s.name: self._accuracy(net, s, self.shifts.get(s.name)) for s in self.ood_sets}
-            acc_id_subset = {name: self._accuracy(net, rows, self.shifts[name], on="id") for name, rows in self.id_subsets.items()}
+            return {key: self._accuracy(net, key) for key in self.sets}
         finally:
             net.train(was_training)
-        record: dict[str, Any] = {"acc_id": acc_id, "acc_ood": acc_ood}
-        if acc_id_subset:
-            record["acc_id_subset"] = acc_id_subset
-            record["id_eval"] = {name: self.shifts[name].id_eval for name in acc_id_subset}
-        if self.baselines:
-            from probekit.robustness import effective_robustness
 
-            def x_axis(s: EvalSet) -> tuple[float, int]:  # the ID accuracy the testbed plots against this OOD set
-                rows = self.id_subsets.get(s.name)
-                return (acc_id_subset[s.name], rows.n) if rows is not None else (acc_id, self.id_set.n)
-
-            record["er"] = {
-                s.name: float(effective_robustness(x_axis(s)[0], acc_ood[s.name], self.baselines[s.name],
-                                                   n_id=x_axis(s)[1], n_ood=s.n, return_clipped=True)[0])
-                for s in self.ood_sets if s.name in self.baselines
-            }
-        return record
+    @torch.no_grad()
+    def predict(self, net, names) -> dict[str, np.ndarray]:
+        """Predicted classes [N] (OOD label space) of every row of the OOD sets `names`, on this process alone."""
+        was_training = net.training
+        net.eval()
+        try:
+            return {name: torch.cat([p.cpu() for p, _ in self._predictions(net, self.sets[name], self.shifts.get(name, (None,))[0], 0, 1)]).numpy()
+                    for name in names}
+        finally:
+            net.train(was_training)
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -222,12 +134,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         return _Run(cfg, dist, device).run()
     finally:
         ddp.teardown(dist)
-
-
-def _shared_fit(baselines: dict) -> dict | None:
-    """The one baseline fit every OOD set uses (what `probekit plot` draws), or None."""
-    fits = {json.dumps(b.to_json(), sort_keys=True) for b in baselines.values() if hasattr(b, "to_json")}
-    return json.loads(fits.pop()) if len(fits) == 1 else None
 
 
 def _training_rows(train_set, cfg: FinetuneConfig):
@@ -264,11 +170,11 @@ class _Run:
             raise UserError(f"--eval-every must be a positive number of steps, got {cfg.eval_every}")
         if cfg.max_steps is not None and cfg.max_steps < 1:
             raise UserError(f"--max-steps must be positive, got {cfg.max_steps}")
-        train_name, train_split = _split(cfg.train, "train")
-        id_name, id_split = _split(cfg.id_test or train_name, "test")
+        train_name, train_split = parse_dataset_split(cfg.train, "train")
+        id_name, id_split = parse_dataset_split(cfg.id_test or train_name, "test")
         self.train_set = create_dataset(train_name, train_split, root=cfg.data_root)
         num_classes = len(self.train_set.classes)
-        check_labels(self.train_set, num_classes, "training set")
+        check_dataset_labels(self.train_set, num_classes, "training set")
         self.train_items = _training_rows(self.train_set, cfg)
 
         pretrained = str(cfg.weights) != "none"
@@ -285,14 +191,14 @@ class _Run:
         torch.manual_seed(self.combos[0][1])
         self.first = create_classifier(cfg.model, num_classes, cfg.weights, image_size=r.image_size)
         size = int(self.first.input_size)
-        self.amp = _resolve_precision(cfg.precision, device)
+        self.amp = autocast_dtype(cfg.precision, device)
         self.channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
         self.normalize = Normalize(self.first.mean, self.first.std, self.channels_last).to(device)
         self.train_transform = TrainTransform(size, r.augmentation, r.crop_padding)
 
-        eval_tf = EvalTransform(size, r.test_resize)
+        eval_tf = ResizeCenterCrop(size, r.test_resize)
         id_ds = create_dataset(id_name, id_split, root=cfg.data_root, transform=eval_tf)
-        check_labels(id_ds, num_classes, "ID test set")
+        check_dataset_labels(id_ds, num_classes, "ID test set")
         if id_ds.label_space != self.train_set.label_space:
             raise UserError(f"ID test set {id_name}:{id_split} has label space {id_ds.label_space!r}, the training set "
                             f"{self.train_set.label_space!r}; evaluate on a split of the same label space")
@@ -301,7 +207,7 @@ class _Run:
         ood_sets, shifts = [], {}
         seen = {f"{id_name}:{id_split}": "the ID test set"}
         for spec in cfg.ood:
-            o_name, o_split = _split(spec, "test")
+            o_name, o_split = parse_dataset_split(spec, "test")
             name = f"{o_name}:{o_split}"
             if name in seen:
                 raise UserError(f"--ood {spec} is {seen[name]} ({name}); OOD sets must be other datasets or splits "
@@ -310,23 +216,27 @@ class _Run:
             ds = create_dataset(o_name, o_split, root=cfg.data_root, transform=eval_tf)
             shift = check_label_space(self.train_set.label_space, num_classes, name, ds.label_space, len(ds.classes))
             if shift is None:
-                check_labels(ds, num_classes, "OOD set")
+                check_dataset_labels(ds, num_classes, "OOD set")
             else:  # an ImageNet-1k network on ImageNet-R / ObjectNet: scored on the shift's classes
                 shifts[name] = shift
-            ood_sets.append(EvalSet(name, ds, eval_rows(ds, cfg.eval_subset), workers=cfg.workers, batch_size=cfg.eval_batch_size))
+            ood_sets.append(ImageEvalSet(name, ds, eval_rows(ds, cfg.eval_subset), workers=cfg.workers, batch_size=cfg.eval_batch_size))
         id_rows = eval_rows(id_ds, cfg.eval_subset)
-        self.id_set = EvalSet(f"{id_name}:{id_split}", id_ds, id_rows, workers=cfg.workers, batch_size=cfg.eval_batch_size)
-        id_subsets = {}
-        for name, shift in shifts.items():
-            rows = id_rows[shift.id_mask(np.asarray(id_ds.targets)[id_rows])]
-            if rows.size == 0:
-                raise UserError(f"no image of ID set {id_name}:{id_split} belongs to the {shift.name} classes; "
-                                "evaluate on ImageNet val")
-            id_subsets[name] = EvalSet(f"{id_name}:{id_split}[{shift.id_eval}]", id_ds, rows,
-                                       workers=cfg.workers, batch_size=cfg.eval_batch_size)
-        baselines = _parse_baselines(list(cfg.baselines), [s.name for s in ood_sets])
-        self.evaluate = _Evaluator(self.id_set, ood_sets, baselines, self.normalize, dist, device, self.amp,
-                                   shifts, id_subsets)
+        self.id_set = ImageEvalSet(f"{id_name}:{id_split}", id_ds, id_rows, workers=cfg.workers, batch_size=cfg.eval_batch_size)
+        from probekit.records import EvalPlan, class_subset_view, match_baselines, plan_config, with_baselines
+
+        id_targets = np.asarray(id_ds.targets)[id_rows]
+        views = [class_subset_view(o.name, o.n, shifts.get(o.name), id_targets, self.id_set.name) for o in ood_sets]
+        sets = {self.id_set.name: self.id_set, **{o.name: o for o in ood_sets}}
+        view_shifts = {name: (shift, "ood") for name, shift in shifts.items()}
+        for v in views:
+            if v.id_key:  # the ID view the testbed plots against this set: val restricted to its classes
+                sets[v.id_key] = ImageEvalSet(f"{self.id_set.name}[{v.shift.id_eval}]", id_ds, id_rows[v.shift.id_mask(id_targets)],
+                                         workers=cfg.workers, batch_size=cfg.eval_batch_size)
+                view_shifts[v.id_key] = (v.shift, "id")
+        baselines = match_baselines(list(cfg.baselines), [o.name for o in ood_sets], cache_dir=None)
+        self.plan = with_baselines(EvalPlan(self.id_set.name, self.id_set.n, tuple(views)), baselines)
+        self.evaluate = _Evaluator(sets, view_shifts, self.normalize, dist, device, self.amp)
+        self.ood_names = [o.name for o in ood_sets]
 
         self.steps_per_epoch = len(self.train_items) // r.batch_size
         if self.steps_per_epoch < 1:
@@ -337,12 +247,10 @@ class _Run:
         self.config = json.loads(json.dumps({
             "mode": "finetune", "model": cfg.model, "weights": str(cfg.weights), "weight_id": self.first.weight_id,
             "train": f"{train_name}:{train_split}", "subset": cfg.subset, "subset_seed": cfg.subset_seed if cfg.subset else None,
-            "n_train": len(self.train_items), "id_set": self.id_set.name, "ood_sets": [s.name for s in ood_sets],
+            "n_train": len(self.train_items), **plan_config(self.plan),
             "num_classes": num_classes, "input_size": size, "mean": list(self.first.mean), "std": list(self.first.std),
             "recipe": r.to_dict(), "eval_every": self.eval_every, "eval_subset": cfg.eval_subset,
-            "baselines": {k: getattr(b, "name", str(b)) for k, b in baselines.items()},
-            "baseline_fit": _shared_fit(baselines),
-            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp],
+            "precision": precision_name(self.amp),
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, **cfg.record_extra,
         }, default=str))
         self.run_info = {"max_steps": cfg.max_steps, "device": str(device), "world_size": dist.world,
@@ -369,6 +277,11 @@ class _Run:
         if self.dist.is_main:
             writer = RunWriter(cfg.out, {**self.config, "run": self.run_info}, resume=cfg.resume, overwrite=cfg.overwrite)
             self.ckpt = checkpoint_path(writer.dir)  # a replacing run checkpoints in its own (staging) folder
+        if self.dist.is_main:  # prediction parts of heads the run will (re)train are stale
+            first = int(state["combo"]) if state is not None else 0
+            for part in self.ckpt.parent.glob("predictions-*.npz"):
+                if not part.stem.split("-")[-1].isdigit() or int(part.stem.split("-")[-1]) >= first:
+                    part.unlink()
         ddp.barrier(self.dist)
         if state is None:
             if writer is not None and cfg.resume:
@@ -384,7 +297,6 @@ class _Run:
     def run(self) -> dict[str, Any]:
         writer, start_combo, start_step, state = self._open_log()
         started = time.time()
-        finals: dict[str, dict] = {}
         images, self.train_s, self.eval_s = 0, 0.0, 0.0
         pbar = None
         if self.dist.is_main and self.cfg.progress:
@@ -393,11 +305,10 @@ class _Run:
             pbar = tqdm(total=len(self.combos) * self.target, initial=start_combo * self.target + min(start_step, self.target),
                         unit="step", desc="finetune", disable=None)
         try:
-            with _StopRequest() as stop:
+            with StopRequest() as stop:
                 for k in range(start_combo, len(self.combos)):
                     first_step = start_step if k == start_combo else 0
-                    final, n = self._train_one(k, first_step, state if k == start_combo else None, writer, stop, pbar)
-                    finals[self._head(*self.combos[k])] = final
+                    _, n = self._train_one(k, first_step, state if k == start_combo else None, writer, stop, pbar)
                     images += n
                     state = None
         except BaseException:
@@ -412,11 +323,18 @@ class _Run:
             if pbar is not None:
                 pbar.close()
         elapsed = time.time() - started
-        summary = {"mode": "finetune", "heads": finals, "steps": self.target, "wall_s": elapsed,
-                   "train_s": self.train_s, "eval_s": self.eval_s, "train_images": images,
-                   "train_images_per_s": images / self.train_s if self.train_s > 0 else None,
-                   "checkpoint": str(self.ckpt)}
+        extra = {"steps": self.target, "wall_s": elapsed, "train_s": self.train_s, "eval_s": self.eval_s, "train_images": images,
+                 "train_images_per_s": images / self.train_s if self.train_s > 0 else None, "checkpoint": str(self.ckpt)}
+        summary = {"mode": "finetune", **extra}
         if writer is not None:
+            from probekit.records import merge_predictions, read_predictions, summarise_run, write_predictions
+            from probekit.runlog import LOG_FILE, read_records
+
+            heads = [self._head(*c) for c in self.combos]
+            summary = summarise_run(list(read_records(writer.dir / LOG_FILE)), self.plan, mode="finetune", heads=heads, extra=extra)
+            parts = [self._predictions_part(k) for k in range(len(self.combos))]
+            if self.ood_names and all(p.exists() for p in parts):
+                write_predictions(writer.dir, merge_predictions([read_predictions(p) for p in parts]))
             writer.finish(summary)
         ddp.barrier(self.dist)
         return summary
@@ -446,7 +364,7 @@ class _Run:
             "loss_sum": loss_sum.detach().cpu(), "loss_count": loss_count,
         })
 
-    def _train_one(self, k: int, start: int, state: dict | None, writer, stop: _StopRequest, pbar) -> tuple[dict, int]:
+    def _train_one(self, k: int, start: int, state: dict | None, writer, stop: StopRequest, pbar) -> tuple[dict, int]:
         cfg, r, dist, device = self.cfg, self.recipe, self.dist, self.device
         lr, seed = self.combos[k]
         head = self._head(lr, seed)
@@ -465,9 +383,10 @@ class _Run:
         net = model
         if dist.enabled:
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-        base = {"head": head, "mode": "finetune", "lr": lr, "seed": seed, "id_set": self.id_set.name, **cfg.record_extra}
-        if cfg.eval_subset:
-            base["eval_subset"] = int(cfg.eval_subset)
+        from probekit.records import evaluation_records
+
+        fields = [{"head": head, "lr": lr, "seed": seed}]
+        extra = ({"eval_subset": int(cfg.eval_subset)} if cfg.eval_subset else {}) | dict(cfg.record_extra)
         t0 = time.time()
         last: dict[str, Any] = {}
 
@@ -477,10 +396,10 @@ class _Run:
             stats = torch.stack([loss_sum, torch.tensor(float(loss_count), dtype=torch.float64, device=device)])
             ddp.all_sum(dist, stats)
             loss = float(stats[0] / stats[1]) if float(stats[1]) else None
-            rec = {"step": step, "epoch": step / self.steps_per_epoch, **base,
-                   "lr_now": lr_at(max(step - 1, 0), lr, self.total_steps, r.schedule), "loss": loss,
-                   **self.evaluate(model), "n_id": self.id_set.n,
-                   "n_ood": {o.name: o.n for o in self.evaluate.ood_sets}, "time_s": time.time() - t0}
+            rec = evaluation_records(self.plan, self.evaluate(model), step=step, epoch=step / self.steps_per_epoch, heads=fields,
+                                     mode="finetune", loss=loss,
+                                     extra={**extra, "lr_now": lr_at(max(step - 1, 0), lr, self.total_steps, r.schedule),
+                                            "time_s": time.time() - t0})[0]
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             loss_count = 0
             if writer is not None:
@@ -500,7 +419,6 @@ class _Run:
                 SeededSamples(self.train_items, self.train_transform), batch_sampler=sampler, num_workers=cfg.workers,
                 pin_memory=device.type == "cuda", persistent_workers=False)
             group = opt.param_groups[0]
-            amp_on = self.amp is not None
             ce = torch.nn.functional.cross_entropy
             step = start
             for x, y in loader:
@@ -508,7 +426,7 @@ class _Run:
                 x = self.normalize(x.to(device, non_blocking=True))
                 y = y.to(device, non_blocking=True)
                 torch.manual_seed(_step_seed(seed, step, dist.rank))  # dropout etc.: same on resume
-                with torch.autocast(device.type, dtype=self.amp, enabled=amp_on):
+                with autocast(device, self.amp):
                     loss = ce(net(x), y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -526,22 +444,36 @@ class _Run:
                     saved = True
                 if pbar is not None:
                     pbar.update(1)
-                if ddp.any_true(dist, stop.signum is not None, device):
+                if ddp.any_true(dist, stop.requested, device):
                     if not saved:
                         self._save(k, step, model, opt, scaler, loss_sum, loss_count)
                     self.saver.wait()
-                    signum = stop.signum or signal.SIGTERM
-                    name = signal.Signals(signum).name
                     if writer is not None and writer.replacing:  # the unfinished replacement is discarded
-                        raise Stopped(f"stopped by {name} after step {step} of {head}; the previous run in {cfg.out} "
-                                      f"is kept as it was; rerun the same command (with --overwrite) to replace it", signum)
-                    raise Stopped(f"stopped by {name} after step {step} of {head}; checkpoint saved to {self.ckpt}; "
-                                  f"rerun the same command with --resume to continue", signum)
+                        raise stop.stopped(f"step {step} of {head}", f"the previous run in {cfg.out} is kept as it was; "
+                                           "rerun the same command (with --overwrite) to replace it")
+                    raise stop.stopped(f"step {step} of {head}",
+                                       f"checkpoint saved to {self.ckpt}; rerun the same command with --resume to continue")
         self.saver.wait()  # the last checkpoint is on disk before the run moves on or finishes
         # training time: the loop with its record keeping and checkpoints, without evaluations
         self.train_s += time.perf_counter() - t_train - (self.eval_s - eval_before)
         if not last:  # resumed at the target: the final record is already in the log
             last = {"step": self.target}
+        if dist.is_main:
+            self._save_predictions(k, model)
         if cfg.save_model and dist.is_main:
             save_checkpoint(Path(cfg.out) / f"model_{head.replace('=', '').replace(',', '_')}.pt", model.state_dict())
         return last, n_images * dist.world
+
+    def _predictions_part(self, k: int) -> Path:
+        return self.ckpt.parent / f"predictions-{k}.npz"
+
+    def _save_predictions(self, k: int, model) -> None:
+        """The final model's predicted classes on every OOD set (all rows), kept beside the checkpoint until the run ends."""
+        from probekit.records import Predictions, write_predictions
+
+        if not self.ood_names or self._predictions_part(k).exists():
+            return
+        preds = Predictions(heads=[self._head(*self.combos[k])])
+        preds.add(self.target, {name: p[None] for name, p in self.evaluate.predict(model, self.ood_names).items()})
+        preds.index = {name: self.evaluate.sets[name].rows for name in self.ood_names}
+        write_predictions(self._predictions_part(k), preds)

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from probekit.errors import UserError, unknown_name
 
 AUGMENTATIONS = ("crop-flip", "crop", "resized-crop-flip", "none")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step-50-75")  # names say what they do; train-head heads have step-30-60-90
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,6 @@ def lr_at(step: int, base_lr: float, total_steps: int, schedule: str) -> float:
     if schedule == "cosine":
         import math
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-    if schedule == "step":  # x0.1 at 50% and 75% of training
+    if schedule == "step-50-75":  # x0.1 at 50% and 75% of training
         return base_lr * (0.1 ** ((frac >= 0.5) + (frac >= 0.75)))
     raise unknown_name("schedule", schedule, SCHEDULES)

@@ -37,19 +37,6 @@ class EvalSet:
         return int(self.y.shape[0])
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device` as given, else CUDA when present, else CPU; a bad name is a UserError."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise UserError(f"unknown device {device!r}; use e.g. cpu, cuda or cuda:1") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but CUDA is not available; pass --device cpu")
-    return dev
-
-
 def check_features(X, name: str = "X") -> np.ndarray | torch.Tensor:
     """A dense 2-D finite numeric array (torch tensors pass through uncopied).
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from probekit.errors import UserError
+from probekit.runtime import choose_device
 from probekit.heads.evaluation import (
     SingleHead,
     check_features,
@@ -44,7 +45,6 @@ from probekit.heads.evaluation import (
     encode_with,
     evaluate_all,
     make_eval_sets,
-    resolve_device,
     to_tensor,
 )
 from probekit.heads.logistic import CovariancePreconditioner, LogisticData
@@ -198,7 +198,7 @@ class LBFGSLogistic(SingleHead):
         elif len(grid) > 1:
             raise UserError("choosing λ from several values needs validation data: pass X_val/y_val (--val) or val_fraction (--val-fraction)")
         C = len(self.classes_)
-        dev = resolve_device(self.device)
+        dev = choose_device(self.device)
         self.dtype_ = self.dtype if self.dtype != "auto" else ("float64" if self.tol < FLOAT32_TOL else "float32")
         dt = DTYPES[self.dtype_]
         storage = torch.float16 if getattr(X, "dtype", None) in (np.float16, torch.float16) and dt == torch.float32 else dt

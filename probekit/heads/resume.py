@@ -95,7 +95,7 @@ def stopped(signum: int, est: Any, ckpt: Checkpointer | None, writer: Any, *, re
 
     `est` is the estimator after a step-boundary stop (``est.stopped_``), or None for a run
     interrupted at once (a second Ctrl-C, or Ctrl-C during an L-BFGS sweep)."""
-    from probekit.finetune.loop import Stopped
+    from probekit.runtime import Stopped
 
     name = signal.Signals(signum).name
     what = f"stopped by {name} after step {est.state_['step']} of {est.n_steps_}" if est is not None else "interrupted"

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from probekit.errors import UserError, unknown_name
-from probekit.robustness.runs import summarise_heads
+from probekit.heads.config import TrainHeadConfig
+from probekit.records import EvalPlan
 
 SOLVERS = ("sgd", "lbfgs")
 
@@ -36,11 +37,9 @@ class TrainHeadResult:
 
 
 def _load(spec, *, model, cache_dir, find_kw, role: str):
-    """A FeatureSet from a FeatureSet, a `.h5` path or `dataset:split` (through the cache)."""
-    from probekit.cache import FeatureSet, resolve_features
+    """A FeatureSet from a FeatureSet, a `.h5` path or `dataset:split` (the feature lookup, `probekit.features`)."""
+    from probekit.features import resolve_features
 
-    if isinstance(spec, FeatureSet):
-        return spec
     return resolve_features(spec, model=model, cache_dir=cache_dir, **find_kw)
 
 
@@ -177,41 +176,33 @@ def load_inputs(train, id_set, ood: Sequence = (), *, val=None, val_fraction: fl
     return RunInputs(tr, va, frac, te, oods, shifts, mixed)
 
 
-def resolve_baseline(baseline, oods: Sequence) -> tuple[Any, list[str]]:
-    """The `Baseline` of `--baseline` (name, fit file or Baseline; None for none) and the OOD sets it gives ER on."""
-    base = None
-    if baseline is not None:
-        from probekit.robustness import load_baseline
+def resolve_baselines(specs, oods: Sequence, *, cache_dir=None) -> dict:
+    """{OOD set: Baseline} of ``--baseline`` values (`probekit.records.match_baselines`, the rule of every mode)."""
+    from probekit.records import match_baselines
 
-        base = load_baseline(baseline) if not hasattr(baseline, "slope") else baseline
-        if oods and not any(base.applies_to(o.name) for o in oods):
-            raise UserError(f"baseline {base.name} is fitted for OOD set {base.ood_set}, which is not among --ood "
-                            f"{' '.join(o.name for o in oods)}; pass the baseline of one of these sets")
-    return base, [o.name for o in oods if base is not None and base.applies_to(o.name)]
+    return match_baselines(specs or None, [o.name for o in oods], cache_dir=cache_dir)
 
 
 @dataclass
 class EvalViews:
-    """What heads are scored on: the ID set first, then every OOD set (and, for a class-subset
-    shift, its class-restricted ID view ``NAME__id``); restricted to the trained classes for a
-    ``classes=K`` head (`kept`)."""
+    """What heads are scored on: the `EvalSet`s (ID first, validation, every OOD set and, for a
+    class-subset shift, its class-restricted ID view ``NAME__id``) and the `EvalPlan` naming each
+    view once with its size and baseline; restricted to the trained classes for a ``classes=K``
+    head (`kept`)."""
 
     sets: list
-    id_set: str
-    ood: list[str]
-    id_subset: dict  # OOD set -> (key of its restricted ID view, how it is evaluated, rows)
+    plan: EvalPlan
     scored_rows: dict  # set -> rows of that set that are scored
     kept: np.ndarray | None
 
-    def n(self, name: str) -> int:
-        return next(e.n for e in self.sets if e.name == name)
 
-
-def eval_views(te, oods: Sequence, shifts: dict, kept: np.ndarray | None, dev, storage_dtype: str = "float32") -> EvalViews:
-    """The `EvalSet`s of one run (see `EvalViews`), on `dev` in the storage dtype."""
+def eval_views(te, oods: Sequence, shifts: dict, kept: np.ndarray | None, dev, storage_dtype: str = "float32", *,
+               baselines: dict | None = None, val=None) -> EvalViews:
+    """The `EvalSet`s of one run and its plan (see `EvalViews`), on `dev` in the storage dtype."""
     import torch
 
     from probekit.heads.evaluation import EvalSet
+    from probekit.records import ID_VIEW_SUFFIX, class_subset_view, with_baselines
 
     storage = torch.float16 if storage_dtype == "float16" else torch.float32
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev)  # noqa: E731
@@ -230,52 +221,32 @@ def eval_views(te, oods: Sequence, shifts: dict, kept: np.ndarray | None, dev, s
         return EvalSet(name, as_t(fs.features[rows]).to(storage), as_t(labels), lambda logits: logits[..., kept_t])
 
     sets = [eval_set(te.name, te)]
-    id_subset = {}
+    val_name = None
+    if val is not None:  # scored like the test sets, so "best" can be chosen on it
+        val_name = val.name if val.name != te.name else val.name + "[val]"
+        sets.append(eval_set(val_name, val))
+    views = []
     for o in oods:
         sh = shifts[o.name]
         sets.append(eval_set(o.name, o, sh.restrict_logits if sh else None))
+        views.append(class_subset_view(o.name, sets[-1].n, sh, te.labels, _where(te)))
         if sh is not None:
             mask = sh.id_mask(te.labels)
-            if not mask.any():
-                raise UserError(f"no row of ID set {_where(te)} belongs to the {sh.name} classes; is the ID set ImageNet val?")
-            key = f"{o.name}__id"
-            id_subset[o.name] = (key, sh.id_eval, int(mask.sum()))
-            sets.append(EvalSet(key, as_t(te.features[mask]).to(storage), as_t(sh.map_id_labels(te.labels[mask])), sh.restrict_logits))
-    return EvalViews(sets, te.name, [o.name for o in oods], id_subset, scored_rows, kept)
+            sets.append(EvalSet(o.name + ID_VIEW_SUFFIX, as_t(te.features[mask]).to(storage),
+                                as_t(sh.map_id_labels(te.labels[mask])), sh.restrict_logits))
+    plan = EvalPlan(te.name, sets[0].n, tuple(views), val_name, sets[1].n if val_name else None)
+    return EvalViews(sets, with_baselines(plan, baselines or {}), scored_rows, kept)
 
 
-def head_records(views: EvalViews, acc: dict, *, step: int, epoch, loss, heads: Sequence[dict], mode: str, baseline=None,
-                 er_sets: Sequence[str] = (), extra: dict | None = None) -> list[dict]:
-    """One run record per head from one evaluation's accuracies ``{set: [H]}``.
+def head_records(views: EvalViews, acc: dict, *, step: int, epoch, loss, heads: Sequence[dict], mode: str,
+                 extra: dict | None = None) -> list[dict]:
+    """One run record per head from one evaluation's accuracies ``{set: [H]}`` (`records.evaluation_records`).
 
     `heads`: each head's ``head`` id and its hyper-parameters; `epoch`: a number or ``[H]``;
-    `loss`: None or ``[H]``; ER on each of `er_sets` against `baseline` (the restricted ID view
-    on the x axis for a class-subset shift)."""
-    from probekit.robustness import effective_robustness
+    `loss`: None or ``[H]``."""
+    from probekit.records import evaluation_records
 
-    H = len(heads)
-    acc_id = acc[views.id_set]
-    ers, clip = {}, {}
-    for s in er_sets:
-        x, n_x = (acc[views.id_subset[s][0]], views.id_subset[s][2]) if s in views.id_subset else (acc_id, views.n(views.id_set))
-        er, clipped = effective_robustness(x, acc[s], baseline, n_id=n_x, n_ood=views.n(s), return_clipped=True)
-        ers[s], clip[s] = np.atleast_1d(np.asarray(er, dtype=np.float64)), np.atleast_1d(np.asarray(clipped, dtype=bool))
-    epochs = np.broadcast_to(np.asarray(epoch, dtype=np.float64), (H,))
-    out = []
-    for h, fields in enumerate(heads):
-        r = {"step": step, "epoch": float(epochs[h]), "head": fields["head"], "mode": mode, **{k: v for k, v in fields.items() if k != "head"},
-             "loss": None if loss is None else float(loss[h]), "acc_id": float(acc_id[h]),
-             "acc_ood": {o: float(acc[o][h]) for o in views.ood}, "id_set": views.id_set}
-        if views.id_subset:
-            r["acc_id_subset"] = {s: float(acc[v[0]][h]) for s, v in views.id_subset.items()}
-            r["id_eval"] = {s: v[1] for s, v in views.id_subset.items()}
-        if baseline is not None:
-            r["er"] = {s: float(ers[s][h]) for s in er_sets}
-            if any(bool(clip[s][h]) for s in er_sets):
-                r["clipped"] = True
-        r.update(extra or {})
-        out.append(r)
-    return out
+    return evaluation_records(views.plan, acc, step=step, epoch=epoch, heads=heads, mode=mode, loss=loss, extra=extra)
 
 
 def write_heads(out, state: dict, classes: Sequence[str]) -> Path:
@@ -293,24 +264,16 @@ def write_heads(out, state: dict, classes: Sequence[str]) -> Path:
     return path
 
 
-def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None = None, cache_dir=None,
-               weights: str = "default", image_size: int | None = None, feature: str | None = None,
-               solver: str = "sgd", baseline=None, subset: str | None = None, subset_seed: int = 0,
-               cscores=None, out=None, overwrite: bool = False, save_predictions: bool = False, device=None,
-               storage_dtype: str = "float32", eval_every: int = 1, progress: bool = True,
-               lrs: Sequence[float] = (0.001,), seeds: Sequence[int] = (0,), batch_size: int = 32768,
-               epochs: float = 100, momentum: float = 0.9, weight_decay: float = 0.0, schedule: str = "constant",
-               head_init: str = "uniform", l2_grid: Sequence[float] | None = None, val_fraction: float | None = None,
-               val_seed: int = 0, refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, select_tol: float | None = 1e-4,
-               warm_start: bool = True, lbfgs_dtype: str = "auto", init=None, extra_config: dict | None = None,
-               record_extra: dict | None = None, allow_mixed_features: bool = False, resume: bool = False) -> TrainHeadResult:
+def train_head(cfg: TrainHeadConfig, *, init=None, extra_config: dict | None = None, record_extra: dict | None = None,
+               inputs: RunInputs | None = None) -> TrainHeadResult:
     """Train heads on cached features and log acc_id / acc_ood / ER at every evaluation.
 
-    `train`, `id_set`, `ood`, `val`: ``dataset:split`` names (found in the cache for `model`),
-    ``.h5`` paths, or `FeatureSet`s. `val` may also be ``SPEC%F`` or a fraction (a stratified
-    held-out share of train, like `val_fraction`). `baseline`: a named baseline or a fit file.
+    `cfg`: a `TrainHeadConfig` (feature sets: ``dataset:split`` names found in the cache for
+    ``cfg.model``, ``.h5`` paths, or `FeatureSet`s; ``val`` may also be ``SPEC%F`` or a fraction;
+    ``baselines``: ``--baseline`` values, see `probekit.records.match_baselines`).
     `init=(coef [C, D], intercept [C])` starts every head from given weights (zero-shot hook).
-    `extra_config` / `record_extra` are added to config.json / every record (an ablation's cell).
+    `extra_config` / `record_extra` are added to config.json / every record (an ablation's cell);
+    `inputs` reuses feature sets already loaded with `load_inputs`.
     Feature sets from different extractions are refused unless `allow_mixed_features`.
     SGD runs with `out` checkpoint as they go (`probekit.heads.resume`); SIGTERM / the first
     Ctrl-C stops after the current step with a checkpoint (raising `Stopped`), and
@@ -321,7 +284,19 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     import torch
 
     from probekit import runlog
-    from probekit.heads.evaluation import check_positive_list, predict_heads, resolve_device
+    from probekit.heads.evaluation import check_positive_list, predict_heads
+    from probekit.records import plan_config, summarise_run
+    from probekit.runtime import StopRequest, choose_device
+
+    # the run's settings by their CLI names (cfg is the one place they are spelled out)
+    train, id_set, ood, val, model, cache_dir = cfg.train, cfg.id_set, cfg.ood, cfg.val, cfg.model, cfg.cache_dir
+    weights, image_size, feature, solver, baseline = cfg.weights, cfg.image_size, cfg.feature, cfg.solver, cfg.baselines
+    subset, subset_seed, cscores, out, overwrite = cfg.subset, cfg.subset_seed, cfg.cscores, cfg.out, cfg.overwrite
+    save_predictions, device, storage_dtype, eval_every, progress = cfg.save_predictions, cfg.device, cfg.storage_dtype, cfg.eval_every, cfg.progress
+    lrs, seeds, batch_size, epochs, momentum = cfg.lrs, cfg.seeds, cfg.batch_size, cfg.epochs, cfg.momentum
+    weight_decay, schedule, head_init, l2_grid, val_fraction = cfg.weight_decay, cfg.schedule, cfg.head_init, cfg.l2_grid, cfg.val_fraction
+    val_seed, refit, max_iter, tol, select_tol = cfg.val_seed, cfg.refit, cfg.max_iter, cfg.tol, cfg.select_tol
+    warm_start, lbfgs_dtype, allow_mixed_features, resume = cfg.warm_start, cfg.lbfgs_dtype, cfg.allow_mixed_features, cfg.resume
     from probekit.heads.lbfgs import DEFAULT_L2_GRID, LBFGSLogistic, l2_id
     from probekit.heads.sgd import SGDHeads
 
@@ -343,10 +318,10 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         raise UserError(f"--val {val} and --val-fraction {val_fraction} both name the validation data; pass one of them")
     if out is not None:
         runlog.check_out(out, overwrite=overwrite, resume=resume, cache_dir=cache_dir)  # before any work: a bad --out loses nothing
-    dev = resolve_device(device)
+    dev = choose_device(device)
 
     # -- features ------------------------------------------------------------------------
-    inputs = load_inputs(train, id_set, ood, val=val, val_fraction=val_fraction, model=model, cache_dir=cache_dir,
+    inputs = inputs or load_inputs(train, id_set, ood, val=val, val_fraction=val_fraction, model=model, cache_dir=cache_dir,
                          weights=weights, image_size=image_size, feature=feature, allow_mixed_features=allow_mixed_features)
     tr, va, frac, te, oods, shifts = inputs.train, inputs.val, inputs.val_fraction, inputs.id_set, inputs.ood, inputs.shifts
     C, space = inputs.num_classes, inputs.label_space
@@ -369,7 +344,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
     warn_if_one_class(y, f"the training set {tr.name}" + (f" (--subset {subset})" if subset else ""))
 
     # -- baseline ------------------------------------------------------------------------
-    base, er_sets = resolve_baseline(baseline, oods)
+    baselines = resolve_baselines(baseline, oods, cache_dir=cache_dir)
 
     # -- estimator -----------------------------------------------------------------------
     if solver == "sgd":
@@ -388,8 +363,8 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
 
     # -- evaluation sets -----------------------------------------------------------------
     kept = _diversity_classes(subset, y, C, shifts)
-    views = eval_views(te, oods, shifts, kept, dev, storage_dtype)
-    sets, id_subset, scored_rows = views.sets, views.id_subset, views.scored_rows
+    views = eval_views(te, oods, shifts, kept, dev, storage_dtype, baselines=baselines, val=va)
+    sets, scored_rows = views.sets, views.scored_rows
 
     n_val = 0  # training rows the L-BFGS sweep holds out to choose λ on (they train no head but the refit)
     if solver == "lbfgs" and va is None and frac:
@@ -404,7 +379,7 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         "weights": tr.attrs.get("weights") or None, "image_size": tr.attrs.get("image_size") or tr.attrs.get("input_size") or None,
         "feature": tr.attrs.get("feature") or tr.attrs.get("feature_kind") or None,
         "train": tr.name, "val": va.name if va is not None else None, "val_fraction": frac if va is None else None,
-        "id_set": te.name, "ood": [o.name for o in oods],
+        **plan_config(views.plan),
         "inputs": {role: provenance(fs) for role, fs in [("train", tr), ("val", va), ("id", te)] if fs is not None}
         | {f"ood:{o.name}": provenance(o) for o in oods},
         "allow_mixed_features": allow_mixed_features, "mixed_features": inputs.mixed,
@@ -413,8 +388,6 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         "n_train_total": int(len(tr.labels)),
         "subset": subset, "subset_seed": subset_seed if subset else None,
         "scored_classes": kept.tolist() if kept is not None else None, "cscores": str(cscores) if cscores else None,
-        "baseline": (base.name if base is not None else None), "baseline_fit": (base.to_json() if base is not None and hasattr(base, "to_json") else None),
-        "er_sets": er_sets, "class_subset_shifts": {s: v[1] for s, v in id_subset.items()},
         "eval_every": eval_every, "device": str(dev), "storage_dtype": storage_dtype, "save_predictions": save_predictions,
         "init": "given" if init is not None else None, "torch": torch.__version__,
     }
@@ -450,8 +423,8 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
         else:
             l2, rf = p.extra["l2"], p.extra["refit"]
             hs = [{"head": l2_id(l2, rf), "l2": l2, "refit": rf, "objective": p.extra["objective"], "grad_max": p.extra["grad_max"]}]
-        batch = head_records(views, p.acc, step=p.step, epoch=p.epoch, loss=p.loss, heads=hs, mode=solver, baseline=base,
-                             er_sets=er_sets, extra=({"subset": subset} if subset else {}) | (record_extra or {}))
+        batch = head_records(views, p.acc, step=p.step, epoch=p.epoch, loss=p.loss, heads=hs, mode=solver,
+                             extra=({"subset": subset} if subset else {}) | (record_extra or {}))
         records.extend(batch)
         if writer is not None:
             writer.log_many(batch)
@@ -468,16 +441,14 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
 
     import contextlib
 
-    from probekit.finetune.loop import _StopRequest
-
-    stop = _StopRequest()  # SGD stops at a step and checkpoints; L-BFGS cannot resume, so Ctrl-C stops it at once
+    stop = StopRequest()  # SGD stops at a step and checkpoints; L-BFGS cannot resume, so Ctrl-C stops it at once
     try:
         with stop if solver == "sgd" else contextlib.nullcontext():
             if solver == "sgd":
                 spe = math.ceil(len(y) / min(int(batch_size), len(y)))
                 bar.total = max(1, round(epochs * spe))
                 est.fit(X, y, eval_sets=sets, callback=on_eval, resume=start["sgd"] if start is not None else None,
-                        stop=lambda: stop.signum is not None)
+                        stop=lambda: stop.requested)
             elif va is not None:
                 est.fit(X, y, va.features, va.labels, eval_sets=sets, callback=on_eval)
             else:
@@ -500,16 +471,20 @@ def train_head(train, id_set, ood: Sequence = (), *, val=None, model: str | None
 
     # -- outputs -------------------------------------------------------------------------
     head_ids = list(dict.fromkeys(r["head"] for r in records)) or ([h["head"] for h in heads] if solver == "sgd" else [])
-    summary = {"solver": solver, "id_set": te.name, "ood": [o.name for o in oods], "baseline": config["baseline"],
-               "n_train": config["n_train"], "elapsed_s": round(time.time() - t_start, 3), "heads": summarise_heads(records, head_ids)}
+    extra_summary: dict = {"solver": solver, "n_train": config["n_train"], "elapsed_s": round(time.time() - t_start, 3)}
+    best_head = chosen_on = None
     if solver == "lbfgs":
-        summary |= {"chosen_l2": est.chosen_l2_, "chosen_head": l2_id(est.chosen_l2_, bool(refit and getattr(est, "refit_n_iter_", None) is not None)),
-                    "val_scores": {l2_id(k): v for k, v in est.val_scores_.items()},
-                    "n_iter": {l2_id(k): int(v) for k, v in zip(est.l2_grid_, est.n_iter_)},
-                    "objective": {l2_id(k): v for k, v in est.objective_.items()},
-                    "converged": {l2_id(k): v for k, v in est.converged_.items()},
-                    "stop_reason": {l2_id(k): v for k, v in est.stop_reason_.items()},
-                    "tol": {l2_id(k): v for k, v in est.tol_.items()}}
+        best_head = l2_id(est.chosen_l2_, bool(refit and getattr(est, "refit_n_iter_", None) is not None))
+        chosen_on = views.plan.val_set or (f"{tr.name}%{frac:g}" if frac else None)
+        extra_summary |= {"chosen_l2": est.chosen_l2_, "chosen_head": best_head,
+                          "val_scores": {l2_id(k): v for k, v in est.val_scores_.items()},
+                          "n_iter": {l2_id(k): int(v) for k, v in zip(est.l2_grid_, est.n_iter_)},
+                          "objective": {l2_id(k): v for k, v in est.objective_.items()},
+                          "converged": {l2_id(k): v for k, v in est.converged_.items()},
+                          "stop_reason": {l2_id(k): v for k, v in est.stop_reason_.items()},
+                          "tol": {l2_id(k): v for k, v in est.tol_.items()}}
+    summary = summarise_run(records, views.plan, mode=solver, heads=head_ids, best_head=best_head, chosen_on=chosen_on,
+                            extra=extra_summary | (record_extra or {}))
     if out is not None:
         from probekit.atomic import atomic_write_bytes
         import io

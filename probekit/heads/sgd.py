@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from probekit.errors import UserError
+from probekit.runtime import choose_device
 from probekit.heads.evaluation import (
     FittedHeads,
     SingleHead,
@@ -37,11 +38,10 @@ from probekit.heads.evaluation import (
     encode_targets,
     evaluate_all,
     make_eval_sets,
-    resolve_device,
     to_tensor,
 )
 
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step-30-60-90")  # names say what they do; finetune has step-50-75
 INITS = ("uniform", "zeros")
 BUDGETS = ("epochs", "steps")
 STORAGE = {"float32": torch.float32, "float16": torch.float16}
@@ -67,13 +67,13 @@ class EvalPoint:
 def lr_factor(schedule: str, step: int, total: int) -> float:
     """Multiplier of the base learning rate at 0-based optimiser step `step` of `total`.
 
-    ``cosine``: half-cosine from 1 to 0; ``step``: ×0.1 at 30 %, 60 % and 90 % of training.
+    ``cosine``: half-cosine from 1 to 0; ``step-30-60-90``: ×0.1 at 30 %, 60 % and 90 % of training.
     """
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * step / max(1, total)))
-    if schedule == "step":
+    if schedule == "step-30-60-90":
         return 0.1 ** sum(step >= int(f * total) for f in (0.3, 0.6, 0.9))
     raise UserError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
@@ -222,7 +222,7 @@ class SGDHeads(FittedHeads):
         N, D = X.shape
         self.classes_, y = encode_targets(y, N, self.n_classes, "y")
         C = len(self.classes_)
-        dev = resolve_device(self.device)
+        dev = choose_device(self.device)
         Xs = to_tensor(X, dev, STORAGE[self.storage_dtype])
         yt = torch.from_numpy(y).to(dev)
         sets = make_eval_sets(eval_sets, dev, STORAGE[self.storage_dtype], D)

@@ -19,6 +19,7 @@ from scipy import stats
 
 from probekit.atomic import atomic_write_json
 from probekit.errors import UserError
+from probekit.names import dataset_name
 from probekit.paths import input_file, output_file
 from probekit.robustness.transforms import (
     AccuracyClippedWarning,
@@ -55,8 +56,6 @@ class Baseline:
 
     def applies_to(self, ood_set: str) -> bool:
         """A baseline fitted for one OOD dataset gives ER only on that dataset; one without a set, on all."""
-        from probekit.robustness.shifts import dataset_name
-
         return not self.ood_set or dataset_name(self.ood_set) == dataset_name(ood_set)
 
     def expected_ood(self, acc_id: Any, *, n: int | None = None) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 from probekit.errors import UserError
 from probekit.robustness.baseline import Baseline, effective_robustness
-from probekit.robustness.shifts import dataset_name
+from probekit.names import dataset_name
 
 
 def record_id_acc(record: dict, ood_set: str) -> float | None:
@@ -123,34 +123,18 @@ def points_from_runs(run_dirs: Sequence[str | os.PathLike], ood_set: str | None 
     return names, ids, oods, chosen
 
 
-def summarise_heads(records: list[dict], heads: Sequence[str] | None = None) -> dict:
-    """Per head: final and best acc_id / acc_ood, final and peak ER with the step of the peak.
+def shared_sizes(run_dirs: Sequence[str | os.PathLike], ood_set: str) -> tuple[int | None, int | None]:
+    """(ID rows, OOD rows) the final records of these runs were scored on for `ood_set`, when they all agree.
 
-    `heads` defaults to every head in the order of its first record."""
-    if heads is None:
-        heads = list(dict.fromkeys(r["head"] for r in records if "head" in r))
-    out = {}
-    for h in heads:
-        rs = [r for r in records if r["head"] == h]
-        if not rs:
-            continue
-        last = rs[-1]
-        entry = {"steps": last["step"], "final": {"step": last["step"], "acc_id": last["acc_id"], "acc_ood": last["acc_ood"]},
-                 "best_acc_id": max(r["acc_id"] for r in rs), "best_acc_ood": {}}
-        for key in ("lr", "seed", "l2", "refit"):
-            if key in last:
-                entry[key] = last[key]
-        for s in last["acc_ood"]:
-            entry["best_acc_ood"][s] = max(r["acc_ood"][s] for r in rs)
-        if "er" in last:
-            entry["final"]["er"] = last["er"]
-            entry["er_peak"] = {}
-            for s in last["er"]:
-                vals = [(r["er"][s], r["step"]) for r in rs if r.get("er", {}).get(s) is not None]
-                if vals:
-                    er, step = max(vals, key=lambda v: v[0])
-                    entry["er_peak"][s] = {"er": er, "step": step}
-        if "loss" in last:
-            entry["final"]["loss"] = last["loss"]
-        out[h] = entry
-    return out
+    The ID size is that of the view paired with `ood_set` (its class-restricted one for a
+    class-subset shift); None where records lack sizes (runs written before the record layer)
+    or disagree."""
+    from probekit.runlog import read_run
+
+    ids, oods = set(), set()
+    for d in run_dirs:
+        for rec in final_records(read_run(d).records).values():
+            ids.add((rec.get("n_id_subset") or {}).get(ood_set) or rec.get("n_id"))
+            oods.add((rec.get("n_ood") or {}).get(ood_set))
+    one = lambda values: next(iter(values)) if len(values) == 1 else None  # noqa: E731
+    return one(ids), one(oods)

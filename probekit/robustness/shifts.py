@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from probekit.errors import UserError
-from probekit.robustness.testbeds import shipped_path
+from probekit.names import dataset_name
+from probekit.robustness.shipped import shipped_path
 
 IMAGENET_CLASSES = 1000
 IMAGENET_LABEL_SPACE = "imagenet1k"
@@ -112,11 +113,6 @@ def _objectnet() -> ClassSubsetShift:
 
 
 SHIFTS = {"imagenet-r": _imagenet_r, "objectnet": _objectnet}
-
-
-def dataset_name(ood_set: str) -> str:
-    """"imagenet-r:test" → "imagenet-r"."""
-    return str(ood_set).split(":", 1)[0]
 
 
 def shift_for(ood_set: str) -> ClassSubsetShift | None:

@@ -13,7 +13,6 @@ import csv
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from probekit.errors import UserError, unknown_name
 from probekit.paths import cache_dir as resolve_cache_dir
 from probekit.paths import input_file
 from probekit.robustness.baseline import Baseline, fit_baseline
+from probekit.robustness.shipped import shipped_path
 from probekit.robustness.transforms import check_accuracies
 
 IMAGENET_TESTBED_SOURCE = "modestyachts/imagenet-testbed@0170eec658d664289d9f61de8f90f967f49abca0 (Taori et al. 2020)"
@@ -49,11 +49,6 @@ NAMED: dict[str, NamedTestbed] = {t.name: t for t in (
     NamedTestbed("cifar10-cifar10.1", "cifar10:test", "cifar10.1:test", cifar_version="v6"),
     NamedTestbed("cifar10-cifar10.1-v4", "cifar10:test", "cifar10.1-v4:test", cifar_version="v4"),
 )}
-
-
-def shipped_path(name: str) -> Path:
-    """Path of a file shipped in ``probekit/data/testbeds``."""
-    return Path(str(resources.files("probekit") / "data" / "testbeds" / name))
 
 
 def list_baselines() -> list[str]:
@@ -165,31 +160,19 @@ def baseline_path(name: str, cache_dir: str | os.PathLike | None = None) -> Path
     return resolve_cache_dir(cache_dir) / "baselines" / f"{name}.json"
 
 
-def cifar10_test_labels(data_root: str | os.PathLike | None = None, *, download: bool = False) -> np.ndarray:
-    """CIFAR-10 test labels in test-batch order, from the dataset on disk (or downloaded on request)."""
-    from probekit.datasets import create_dataset
-
-    try:
-        return np.asarray(create_dataset("cifar10", "test", root=data_root, download=download).targets, dtype=np.int64)
-    except UserError as e:
-        raise UserError(f"{e}; the CIFAR-10 baseline needs the CIFAR-10 test labels (or pass --labels FILE.npy)") from None
-
-
-def build_cifar10_baseline(labels: np.ndarray | str | os.PathLike | None = None, *, name: str = "cifar10-cifar10.1",
-                           data_root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
-                           save: bool = True, download: bool = False) -> tuple[Baseline, Path | None]:
+def build_cifar10_baseline(labels: np.ndarray | str | os.PathLike, *, name: str = "cifar10-cifar10.1",
+                           cache_dir: str | os.PathLike | None = None, save: bool = True) -> tuple[Baseline, Path | None]:
     """Complete the CIFAR-10 testbed with the CIFAR-10 test labels, fit and store the baseline.
 
-    `labels`: an array, a ``.npy`` file, or None to read them from the CIFAR-10 test split
-    on disk (`data_root`). Labels that most shipped models disagree with are refused:
-    they are not the CIFAR-10 test labels in test-batch order.
+    `labels`: an array or a ``.npy`` file, from the caller (the CLI reads them from the
+    CIFAR-10 test split, `probekit.datasets.cifar.cifar10_test_labels`): robustness reads no
+    dataset. Labels that most shipped models disagree with are refused: they are not the
+    CIFAR-10 test labels in test-batch order.
     """
     spec = NAMED.get(name)
     if spec is None or spec.cifar_version is None:
         raise unknown_name("buildable baseline", name, [n for n, t in NAMED.items() if t.cifar_version])
-    if labels is None:
-        labels = cifar10_test_labels(data_root, download=download)
-    elif isinstance(labels, (str, os.PathLike)):
+    if isinstance(labels, (str, os.PathLike)):
         try:
             labels = np.load(labels, allow_pickle=False)
         except (OSError, ValueError) as e:

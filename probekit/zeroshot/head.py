@@ -7,7 +7,7 @@ how `train-head --init zero-shot` starts SGD heads and the L-BFGS sweep from it
 (`SGDHeads(init=...)` / `LBFGSLogistic(init=...)` take ``(coef [C, D], intercept [C])``).
 
 The head only makes sense on the embedding the text was trained against: the projected,
-normalised `encode_image` output of the *same* CLIP weights. `check_features` refuses
+normalised `encode_image` output of the *same* CLIP weights. `check_clip_features` refuses
 anything else before a single accuracy is computed.
 """
 
@@ -91,9 +91,9 @@ def encode_classes(clip_model: Any, tokenizer: Any, classes: ClassList, *, devic
     import torch
     from open_clip import build_zero_shot_classifier
 
-    from probekit.heads.evaluation import resolve_device
+    from probekit.runtime import choose_device
 
-    device = resolve_device(device)
+    device = choose_device(device)
     param = next(clip_model.parameters())
     moved = param.device != device
     if moved:
@@ -154,7 +154,7 @@ def check_feature_kind(fs: Any, role: str, model: str) -> None:
                         f"without --feature pre-projection")
 
 
-def check_features(head: ZeroShotHead, fs: Any, role: str, *, expect_classes: bool = True) -> None:
+def check_clip_features(head: ZeroShotHead, fs: Any, role: str, *, expect_classes: bool = True) -> None:
     """Refuse features the head cannot be matched against: wrong kind, other backbone or weights, wrong classes.
 
     `fs` is a `probekit.cache.FeatureSet`; `role` names it in messages ("ID set digits:test").

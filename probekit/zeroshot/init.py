@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from probekit.zeroshot.head import ZeroShotHead, check_features, zero_shot_head
+from probekit.zeroshot.head import ZeroShotHead, check_clip_features, zero_shot_head
 
 
 def zero_shot_init(model: str, classes: str, features: Any, *, weights: str | os.PathLike = "default",
@@ -26,7 +26,7 @@ def zero_shot_init(model: str, classes: str, features: Any, *, weights: str | os
     """
     if head is None:
         head = zero_shot_head(model, classes, weights=weights, templates=templates, cache_dir=cache_dir, device=device)
-    check_features(head, features, f"training set {getattr(features, 'name', '')}".strip())
+    check_clip_features(head, features, f"training set {getattr(features, 'name', '')}".strip())
     return head.linear_init()
 
 
@@ -48,7 +48,8 @@ def zero_shot_start(train: Any, *, model: str | None, classes: str, weights: str
     `train` is ``dataset:split``, a feature file or a FeatureSet; without `model`, the
     backbone recorded in the feature file is the text encoder.
     """
-    from probekit.cache import FeatureSet, resolve_features
+    from probekit.cache import FeatureSet
+    from probekit.features import resolve_features
     from probekit.zeroshot.classnames import load_classes
     from probekit.zeroshot.head import check_feature_kind
 

@@ -13,14 +13,15 @@ from probekit.zeroshot.head import check_feature_kind, zero_shot_head
 
 def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] = (), *, out: str | os.PathLike,
                   weights: str | os.PathLike = "default", templates: str | os.PathLike | None = None,
-                  baseline: str | None = None, cache_dir: str | os.PathLike | None = None, device: Any = None,
+                  baseline: Any = None, cache_dir: str | os.PathLike | None = None, device: Any = None,
                   overwrite: bool = False, use_text_cache: bool = True) -> ZeroShotResult:
     """Evaluate CLIP `model`'s zero-shot head for `classes` on cached features; write a run folder at `out`.
 
     Feature specs are ``dataset:split`` (looked up for `model` + `weights` in the feature store)
     or paths to feature files. Returns the result whose `record` is the run's only record.
     """
-    from probekit.cache import check_same_source, provenance, resolve_features
+    from probekit.cache import check_same_source, provenance
+    from probekit.features import resolve_features
     from probekit.runlog import check_out
 
     check_out(out, overwrite=overwrite, cache_dir=cache_dir)  # before minutes of text encoding
@@ -35,12 +36,11 @@ def run_zero_shot(model: str, classes: str, id_spec: str, ood_specs: list[str] =
     check_same_source(roles)  # one extraction for all sets: backbone, weights, transform, feature kind, precision
     for role, fs in roles:
         check_feature_kind(fs, f"{role} set {fs.name}", model)  # fail before minutes of text encoding
-    fitted = None
-    if baseline:
-        from probekit.robustness import load_baseline
+    from probekit.records import match_baselines
 
-        fitted = load_baseline(baseline, cache_dir=cache_dir)
+    baselines = match_baselines(baseline or None, names[1:], cache_dir=cache_dir)  # a bad --baseline fails before text encoding
     head = zero_shot_head(model, class_list, weights=weights, cache_dir=cache_dir, device=device, use_cache=use_text_cache)
     extra = {"weights": id_set.attrs.get("weights") or str(weights),
-             "inputs": {"id": provenance(id_set)} | {f"ood:{fs.name}": provenance(fs) for fs in ood_sets}, "text_cache_hit": head.cache_hit, "baseline_source": getattr(fitted, "source", None)}
-    return write_zero_shot_run(out, head, id_set, ood_sets, baseline=fitted, overwrite=overwrite, config_extra=extra)
+             "inputs": {"id": provenance(id_set)} | {f"ood:{fs.name}": provenance(fs) for fs in ood_sets}, "text_cache_hit": head.cache_hit}
+    return write_zero_shot_run(out, head, id_set, ood_sets, baseline=baselines, overwrite=overwrite, config_extra=extra,
+                               cache_dir=cache_dir)

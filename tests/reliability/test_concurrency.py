@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from _rel import MODEL, SIZE, extract_args, held_cli, popen, same_features, wait_for
 
+from probekit import features
 from probekit import cache
 from probekit.cli import main
 from probekit.errors import UserError
@@ -48,7 +49,7 @@ def test_three_writers_and_a_reader_on_one_entry(tmp_path, ref_test, capsys):
         assert _waiting(tmp_path, tag, proc, a.pid), _text(tmp_path, tag)
     # a reader while the writer is live: refused (never half-read), and the store listing says partial
     with pytest.raises(UserError, match="no cached features"):
-        cache.find_features(MODEL, "digits:test", weights="none", cache_dir=store, image_size=SIZE)
+        features.find_features(MODEL, "digits:test", weights="none", cache_dir=store, image_size=SIZE)
     with pytest.raises(UserError, match="incomplete|corrupt"):
         cache.load_features(store / (name + cache.PARTIAL))
     assert main(["cache", "ls", "--cache-dir", str(store)]) == 0

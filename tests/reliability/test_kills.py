@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from _rel import FT_ARGS, MODEL, REPO, SIZE, child_env, extract_args, ft_records, popen, run_cli, same_features, wait_for
 
+from probekit import features
 from probekit import cache
 from probekit.errors import UserError
 
@@ -45,7 +46,7 @@ def _assert_not_served(folder: Path, name: str, ref) -> None:
     else:
         assert not cache.is_complete(final)
         with pytest.raises(UserError, match="no cached features"):
-            cache.find_features(MODEL, f"digits:{ref.attrs['split']}", weights="none", cache_dir=folder, image_size=SIZE)
+            features.find_features(MODEL, f"digits:{ref.attrs['split']}", weights="none", cache_dir=folder, image_size=SIZE)
     if partial.exists():
         with pytest.raises(UserError, match="incomplete|corrupt"):
             cache.load_features(partial)

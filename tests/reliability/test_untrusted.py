@@ -201,10 +201,11 @@ def test_run_files_appear_only_by_rename(tmp_path, feature_store, ref_train, ref
     monkeypatch.setattr(atomic.os, "replace", crash_at_summary)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
+        from probekit.heads.config import TrainHeadConfig
         from probekit.heads.run import train_head
 
-        train_head(str(feature_store / ref_train.path.name), str(feature_store / ref_test.path.name), epochs=1,
-                   out=out, progress=False)
+        train_head(TrainHeadConfig(str(feature_store / ref_train.path.name), str(feature_store / ref_test.path.name), epochs=1,
+                                   out=str(out), progress=False))
     names = {p.name for p in out.iterdir()} - {"checkpoints"}  # an SGD checkpoint may exist (every 30 s)
     assert names == {".probekit-run", "config.json", "heads.pt", "log.jsonl"}
     from probekit import runlog

@@ -137,7 +137,8 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
         heads, solver="lbfgs", val=0.2, max_iter=s.lbfgs_max_iter, out=str(d))))
 
     _say(4, "data ablations: subset sizes x seeds and difficulty by estimated C-scores, in one batched pass")
-    ablation = _ablation(out, s, run_key, common)
+    ablation = _ablation(out, s, run_key, {"model": BACKBONE, "cache_dir": cache_dir, "image_size": s.image_size,
+                                           "baseline": str(baseline_path), "device": device})
 
     _say(5, f"fine-tuning {BACKBONE} end to end for {s.finetune_steps} steps at {s.finetune_image_size} px")
     from probekit.finetune import FinetuneConfig, finetune

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from probekit import paths
+from probekit.atomic import fsync_dir
 from probekit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -192,15 +193,6 @@ def _fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _encode_attr(key: str, value: Any) -> Any:
@@ -394,7 +386,7 @@ class FeatureWriter:
         _release_reserve(self.partial_path)
         _fsync_path(self.partial_path)
         os.replace(self.partial_path, self.final_path)
-        _fsync_dir(self.final_path.parent)
+        fsync_dir(self.final_path.parent)
         return self.final_path
 
     def close(self) -> None:

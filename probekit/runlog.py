@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from probekit import paths
-from probekit.atomic import _json_default, atomic_write_json, atomic_write_text
+from probekit.atomic import _json_default, atomic_write_json, atomic_write_text, fsync_dir
 from probekit.errors import UserError
 
 RECORD_FIELDS = ("step", "epoch", "head", "loss", "acc_id", "acc_ood", "er")
@@ -189,15 +189,6 @@ def _exchange(a: Path, b: Path) -> None:
     os.rename(aside, a)
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class RunWriter:
     """Owns a run folder while it is written: appends records and marks it complete at the end.
 
@@ -274,7 +265,7 @@ class RunWriter:
         atomic_write_json(self.dir / SUMMARY_FILE, _clean({**summary, "status": "complete"}))
         if self.replacing:
             _exchange(self.dir, self.out)  # the old run now sits in the staging folder
-            _fsync_dir(self.out.parent)
+            fsync_dir(self.out.parent)
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = self.out
         self.finished = True

@@ -83,6 +83,14 @@ def accuracy(text: str) -> float:
     return value
 
 
+def baseline_spec(text: str) -> str:
+    """An argparse type: a --baseline value; an empty one is refused, not read as "no baseline"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a testbed name (see `probekit baseline list`) or a fit JSON file; "
+                                         "leave --baseline out for no ER")
+    return text
+
+
 def image_size(text: str) -> int:
     """An argparse type: a crop size the backbones accept (their own check, so the bounds live once)."""
     from probekit.backbones.registry import check_image_size

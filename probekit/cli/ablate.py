@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=_common.fraction, default=None, help="hold out this stratified fraction of each cell's subset for choosing λ (lbfgs)")
     p.add_argument("--id", dest="id_set", required=True, help="in-distribution test features: dataset:split or a .h5 file")
     p.add_argument("--ood", nargs="*", default=[], help="OOD test features (any number)")
-    p.add_argument("--baseline", default=None, help="ER baseline: a named testbed (see `probekit baseline list`) or a fit JSON file")
+    p.add_argument("--baseline", type=_common.baseline_spec, default=None, help="ER baseline: a named testbed (see `probekit baseline list`) or a fit JSON file")
     g = p.add_argument_group("grid")
     g.add_argument("--sizes", nargs="+", default=[], metavar="N|all", help="size cells: examples per class (or all)")
     g.add_argument("--classes", nargs="+", default=[], metavar="K", help="diversity cells: all examples of K classes drawn with the seed")

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dataset", "--train", dest="train", required=True, help="training set, DATASET or DATASET:SPLIT (split defaults to train)")
     p.add_argument("--id", dest="id_test", default=None, help="ID test set (default: the training dataset's test split)")
     p.add_argument("--ood", nargs="*", default=[], help="OOD sets, DATASET or DATASET:SPLIT (split defaults to test)")
-    p.add_argument("--baseline", nargs="*", default=[], help="baseline for ER: a testbed name or fit JSON for every OOD set, or OOD_SET=BASELINE")
+    p.add_argument("--baseline", type=_common.baseline_spec, nargs="*", default=[], help="baseline for ER: a testbed name or fit JSON for every OOD set, or OOD_SET=BASELINE")
     p.add_argument("--recipe", default=None, help="named preset (paper-pretrained, paper-scratch, imagenet-pretrained, imagenet-scratch, "
                    "digits-pretrained, digits-scratch); default chosen from the dataset and --weights")
     p.add_argument("--epochs", type=_common.positive_int, default=None, help="epochs (recipe: 100 pretrained, 250 random init)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from probekit.cli import _common
 from probekit.cli._common import add_cache_dir
 
 ORDER = 50
@@ -16,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (train-head / finetune --out), or one ablation folder "
                    "(ablate --out: ER against size / classes / difficulty and ID vs OOD per cell, and its summary table)")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for the figures (default: the first run folder)")
-    p.add_argument("--baseline", default=None, metavar="NAME|FILE",
+    p.add_argument("--baseline", type=_common.baseline_spec, default=None, metavar="NAME|FILE",
                    help="baseline line and ER (default: the baseline the runs logged ER with, from their config.json); see `probekit baseline list`")
     p.add_argument("--transform", choices=("logit", "probit"), default=None,
                    help="axes / baseline transform (default: logit for a named baseline, the file's own for a file)")

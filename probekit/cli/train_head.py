@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=_common.fraction, default=None, help="hold out this stratified fraction of train for choosing λ (lbfgs)")
     p.add_argument("--id", dest="id_set", required=True, help="in-distribution test features: dataset:split or a .h5 file")
     p.add_argument("--ood", nargs="*", default=[], help="OOD test features (any number)")
-    p.add_argument("--baseline", nargs="*", default=[], metavar="NAME|FILE|OOD_SET=NAME",
+    p.add_argument("--baseline", type=_common.baseline_spec, nargs="*", default=[], metavar="NAME|FILE|OOD_SET=NAME",
                    help="ER baseline: a named testbed (see `probekit baseline list`) or a fit JSON file, applied to the OOD sets "
                         "it was fitted for; or OOD_SET=BASELINE for one set")
     p.add_argument("--solver", default="sgd", help="sgd (batched SGD heads) or lbfgs (L2 sweep)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from probekit.cli import _common
 from probekit.cli._common import add_cache_dir, add_device
 
 ORDER = 25
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "templates for imagenet / cifar10, 'a photo of a {}.' for a class file)")
     p.add_argument("--id", required=True, metavar="SPEC", help="ID test features: dataset:split or a feature file")
     p.add_argument("--ood", nargs="*", default=[], metavar="SPEC", help="OOD test features: dataset:split or feature files")
-    p.add_argument("--baseline", nargs="*", default=[], metavar="NAME|FILE|OOD_SET=NAME",
+    p.add_argument("--baseline", type=_common.baseline_spec, nargs="*", default=[], metavar="NAME|FILE|OOD_SET=NAME",
                    help="ER baseline: a named testbed fit or a JSON fit file (applied to the OOD sets it was fitted for), "
                         "or OOD_SET=BASELINE for one set")
     p.add_argument("--out", required=True, help="run folder to write")

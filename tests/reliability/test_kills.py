@@ -103,7 +103,7 @@ elif point == "rename":      # complete=True written and fsynced, the .partial n
     replace = os.replace
     os.replace = lambda a, b, *r, **k: die() if str(a).endswith(".partial") else replace(a, b, *r, **k)
 elif point == "dirsync":     # renamed, the folder not yet fsynced
-    cache._fsync_dir = die
+    cache.fsync_dir = die     # the name FeatureWriter.finish calls
 from probekit.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -138,7 +138,7 @@ def test_compact_direction_equals_two_loop_recursion():
     A = torch.tensor(np.diag(rng.uniform(1, 10, n)), dtype=torch.float64)
     for _ in range(7):  # more pairs than the history keeps
         s = torch.tensor(rng.normal(size=n))
-        state._push(s, A @ s)
+        state._push(s, A @ s, d * (A @ s))
     S = [state.S[i] for i in state.order]
     Y = [state.Y[i] for i in state.order]
     q = state.g.clone()

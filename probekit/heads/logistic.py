@@ -28,7 +28,7 @@ class LogisticData:
     """Training rows ``X [N, D]`` (float16/32/64 storage) and class codes ``y [N]`` for `evaluate`."""
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, n_classes: int, compute_dtype: torch.dtype = torch.float32,
-                 chunk_elems: int = 1 << 23):
+                 chunk_elems: int = 1 << 21):
         self.X, self.y = X, y
         self.N, self.D = X.shape
         self.C = int(n_classes)
@@ -58,26 +58,31 @@ class LogisticData:
         preconditioner's ``a``). The cross-entropy part of the gradient sums to zero over
         classes in exact arithmetic; that is enforced, so rounding cannot leak into the
         class-mean direction that only the penalty controls.
+
+        Logits are computed class-major, ``Wᵀ [k·C, D] @ Xcᵀ``, and the gradient as
+        ``P [k·C, r] @ Xc``: with a few output columns both products then run at the speed
+        of reading X (the row-major ``Xc @ W`` is 2–3× slower in MKL for narrow W). Chunks of
+        a few MB keep a chunk in cache between its two products.
         """
         k, D, C = W.shape
         self.evaluations += k
-        Wc = W.permute(1, 0, 2).reshape(D, k * C).to(self.dtype)
+        Wt = W.transpose(1, 2).reshape(k * C, D).to(self.dtype)
         ce = torch.zeros(k, dtype=F64, device=W.device)
         curv = torch.zeros(k, dtype=F64, device=W.device)
-        gWt = torch.zeros(k * C, D, dtype=F64, device=W.device)
+        gW = torch.zeros(k * C, D, dtype=F64, device=W.device)
         gb = torch.zeros(k, C, dtype=F64, device=W.device)
         for Xc, yc in self._chunks(k * C):
             r = Xc.shape[0]
-            L = (Xc @ Wc).to(F64).view(r, k, C) + b
-            lse = torch.logsumexp(L, -1, keepdim=True)
-            pick = yc.view(r, 1, 1).expand(r, k, 1)
-            ce += (lse - L.gather(-1, pick)).sum((0, 2))
+            L = (Wt @ Xc.T).to(F64).view(k, C, r) + b[:, :, None]
+            lse = torch.logsumexp(L, 1, keepdim=True)
+            pick = yc.view(1, 1, r).expand(k, 1, r)
+            ce += (lse - L.gather(1, pick)).sum((1, 2))
             P = torch.exp(L - lse)
-            curv += (1.0 - (P * P).sum(-1)).sum(0)
-            P.scatter_add_(-1, pick, torch.full((r, k, 1), -1.0, dtype=F64, device=W.device))
-            gWt += (P.view(r, k * C).to(self.dtype).T @ Xc).to(F64)
-            gb += P.sum(0)
-        gW = gWt.view(k, C, D).transpose(1, 2)
+            curv += (1.0 - (P * P).sum(1)).sum(1)
+            P.scatter_add_(1, pick, torch.full((k, 1, r), -1.0, dtype=F64, device=W.device))
+            gb += P.sum(2)
+            gW += (P.view(k * C, r).to(self.dtype) @ Xc).to(F64)
+        gW = gW.view(k, C, D).transpose(1, 2)
         gW = gW - gW.mean(2, keepdim=True)
         gb = gb - gb.mean(1, keepdim=True)
         sq = (W * W).sum((1, 2))
@@ -110,7 +115,7 @@ class CovariancePreconditioner:
 
     def __init__(self, U: torch.Tensor, s: torch.Tensor, mu: torch.Tensor, n_classes: int, l2_over_n: float,
                  curvature: float, floor: float = FLOOR):
-        self.U, self.mu, self.C = U, mu, int(n_classes)
+        self.U, self.Ut, self.mu, self.C = U, U.T.contiguous(), mu, int(n_classes)
         self.a = max(float(curvature), 1e-4)
         s = s.clamp(min=floor * float(s.mean()) if s.numel() else 0.0)
         self.d = 1.0 / (self.a * s + l2_over_n)
@@ -122,7 +127,7 @@ class CovariancePreconditioner:
         gW, gb = v[: D * C].view(D, C), v[D * C:]
         gW = gW - self.mu[:, None] * gb[None, :]  # gradient w.r.t. the centred weights
         m = gW.mean(1, keepdim=True)
-        dW = self.U @ (self.d[:, None] * (self.U.T @ (gW - m))) + self.mean_gain * m
+        dW = self.U @ (self.d[:, None] * (self.Ut @ (gW - m))) + self.mean_gain * m
         dc = gb / self.a
         db = dc - self.mu @ dW
         return torch.cat([dW.reshape(-1), db])

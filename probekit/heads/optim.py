@@ -96,6 +96,7 @@ class LBFGS:
                  check_every: int = 100):
         self.x, self.f, self.g = x, f, g
         self.M = precondition or (lambda v: v)
+        self.Mg = self.M(g)  # kept with g: M is linear, so M y = M g_new − M g_old costs no second apply
         self.preconditioned = precondition is not None  # then -M g is Newton-like and the first step is 1
         self.check_every = int(check_every)  # a preconditioner that has not cut max |∇| 10× in this many iterations is dropped
         self.dropped_preconditioner_at: int | None = None
@@ -113,12 +114,12 @@ class LBFGS:
     def grad_max(self) -> float:
         return float(self.g.abs().max()) if self.g.numel() else 0.0
 
-    def _push(self, s: torch.Tensor, y: torch.Tensor) -> None:
+    def _push(self, s: torch.Tensor, y: torch.Tensor, My: torch.Tensor) -> None:
         ys = float(y @ s)
         if not ys > 1e-10 * math.sqrt(float(y @ y) * float(s @ s)):  # not enough curvature: keep the old pairs
             return
         slot = self.order.pop(0) if len(self.order) == self.S.shape[0] else len(self.order)
-        self.S[slot], self.Y[slot], self.MY[slot] = s, y, self.M(y)
+        self.S[slot], self.Y[slot], self.MY[slot] = s, y, My
         self.order.append(slot)
 
     def reset(self) -> None:
@@ -134,12 +135,13 @@ class LBFGS:
         self._mark = (self.iterations, self.grad_max)
         if self.grad_max > 0.1 * mark:
             self.M, self.preconditioned = (lambda v: v), False
+            self.Mg = self.g
             self.dropped_preconditioner_at = self.iterations
             self.reset()
 
     def direction(self) -> torch.Tensor:
         """``-H g`` from the compact representation with ``H0 = γ M``."""
-        g, Mg = self.g, self.M(self.g)
+        g, Mg = self.g, self.Mg
         if not self.order:
             return -Mg
         idx = torch.tensor(self.order, device=g.device)
@@ -195,9 +197,10 @@ class LBFGS:
                 return self.stop_reason
             t, f_new, g_new = found
             s = t * d
-            self._push(s, g_new - self.g)
+            Mg_new = self.M(g_new)
+            self._push(s, g_new - self.g, Mg_new - self.Mg)
             f_old = self.f
-            self.x, self.f, self.g = self.x + s, f_new, g_new
+            self.x, self.f, self.g, self.Mg = self.x + s, f_new, g_new, Mg_new
             self.iterations += 1
             yield None  # an iteration is complete (the driver may record it)
             if abs(f_old - f_new) <= FTOL * max(abs(f_old), abs(f_new)) and self.grad_max > tol:

@@ -218,7 +218,7 @@ def test_choose_by_validation_polish_and_refit(digits):
     Xtr, ytr, Xte, yte = digits
     grid = [1e-2, 1.0, 1e2, 1e5]
     seen = []
-    m = LBFGSLogistic(grid, val_fraction=0.2, refit=True).fit(Xtr, ytr, eval_sets={"test": (Xte, yte)}, callback=seen.append)
+    m = LBFGSLogistic(grid, val_fraction=0.2, refit=True, tol=1e-6).fit(Xtr, ytr, eval_sets={"test": (Xte, yte)}, callback=seen.append)
     assert set(m.val_scores_) == set(grid)
     assert m.val_scores_[m.chosen_l2_] == max(m.val_scores_.values())
     assert m.val_scores_[1e5] < m.val_scores_[m.chosen_l2_]

@@ -90,7 +90,7 @@ def ablate(train, id_set, ood: Sequence = (), *, out, grid: Grid, mode: str = "s
            progress: bool = True, batch_size: int = 32768, epochs: float = 100, momentum: float = 0.9,
            weight_decay: float = 0.0, schedule: str = "constant", head_init: str = "uniform",
            l2_grid: Sequence[float] | None = None, val_fraction: float | None = None, val_seed: int = 0,
-           refit: bool = False, max_iter: int = 1000, tol: float = 1e-6, warm_start: bool = True,
+           refit: bool = False, max_iter: int = 1000, tol: float = 1e-4, warm_start: bool = True,
            lbfgs_dtype: str = "auto") -> AblationResult:
     """Run the cells of `grid` (this `shard` of them) that `out` does not hold complete yet.
 

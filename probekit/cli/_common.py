@@ -158,9 +158,9 @@ def add_lbfgs_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--l2-grid", type=positive_float, nargs="+", default=None, help="L2 strengths λ (= 1/C of scikit-learn, 2/C for two classes); default ten log-spaced 1e-6..1e7")
     g.add_argument("--refit", action="store_true", help="retrain on train + validation with the chosen λ")
     g.add_argument("--max-iter", type=positive_int, default=1000, help="L-BFGS iterations per λ (default 1000)")
-    g.add_argument("--tol", type=positive_float, default=1e-6, help="the chosen λ is solved until max |gradient| of the mean objective <= tol (default 1e-6)")
+    g.add_argument("--tol", type=positive_float, default=1e-4, help="the chosen λ is solved until max |gradient| of the mean objective <= tol (default 1e-4, scikit-learn's tol; e.g. 1e-6 for a tighter final solve)")
     g.add_argument("--select-tol", type=nonnegative_float, default=1e-4,
-                   help="every λ is first solved to this tolerance to choose λ (default 1e-4, scikit-learn's tol); 0 = every λ to --tol")
+                   help="every λ is first solved to this tolerance to choose λ (default 1e-4); a smaller --tol then continues the chosen λ; 0 = every λ to --tol")
     g.add_argument("--no-warm-start", action="store_true", help="start every λ from zero instead of the previous solution")
     g.add_argument("--lbfgs-dtype", choices=("auto", "float64", "float32"), default="auto",
                    help="precision of the L-BFGS feature products (default auto: float32 for --tol >= 1e-7, else float64)")

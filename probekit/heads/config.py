@@ -58,7 +58,7 @@ class TrainHeadConfig:
     val_seed: int = 0
     refit: bool = False
     max_iter: int = 1000
-    tol: float = 1e-6
+    tol: float = 1e-4                          # scikit-learn's tol (and the CLIP recipe's)
     select_tol: float | None = 1e-4          # looser tol for the sweep; the chosen λ is then solved to `tol`
     warm_start: bool = True
     lbfgs_dtype: str = "auto"                # "auto" | "float64" | "float32"

@@ -136,7 +136,7 @@ class LBFGSLogistic(SingleHead):
     the indices ``0..n_classes-1`` (a feature file's label space).
     """
 
-    def __init__(self, l2_grid: Sequence[float] = DEFAULT_L2_GRID, *, max_iter: int = 1000, tol: float = 1e-6,
+    def __init__(self, l2_grid: Sequence[float] = DEFAULT_L2_GRID, *, max_iter: int = 1000, tol: float = 1e-4,
                  select_tol: float | None = 1e-4, refit: bool = False, warm_start: bool = True,
                  val_fraction: float | None = None, val_seed: int = 0, history: int = 10, eval_every: int = 1,
                  init=None, n_classes: int | None = None, device=None, dtype: str = "auto",

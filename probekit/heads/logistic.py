@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 F64 = torch.float64
-FLOOR = 1e-2  # eigenvalues of Σ are raised to FLOOR × their mean in the preconditioner
+FLOOR = 1e-4  # eigenvalues of Σ are raised to FLOOR × their mean in the preconditioner
 
 
 class LogisticData:

@@ -92,15 +92,11 @@ class LBFGS:
     """
 
     def __init__(self, x: torch.Tensor, f: float, g: torch.Tensor, *, history: int = 10,
-                 precondition: Callable[[torch.Tensor], torch.Tensor] | None = None, eps_f: float = 1e-12,
-                 check_every: int = 100):
+                 precondition: Callable[[torch.Tensor], torch.Tensor] | None = None, eps_f: float = 1e-12):
         self.x, self.f, self.g = x, f, g
         self.M = precondition or (lambda v: v)
         self.Mg = self.M(g)  # kept with g: M is linear, so M y = M g_new − M g_old costs no second apply
         self.preconditioned = precondition is not None  # then -M g is Newton-like and the first step is 1
-        self.check_every = int(check_every)  # a preconditioner that has not cut max |∇| 10× in this many iterations is dropped
-        self.dropped_preconditioner_at: int | None = None
-        self._mark = (0, self.grad_max)  # (iteration, max |∇|) of the last check
         self.eps_f = eps_f
         n, m = x.numel(), max(1, int(history))
         self.S = x.new_zeros(m, n)
@@ -124,20 +120,6 @@ class LBFGS:
 
     def reset(self) -> None:
         self.order = []
-
-    def _judge_preconditioner(self) -> None:
-        """Drop M (continue as plain L-BFGS) when it stopped paying: max |∇| fell less than 10× in
-        the last `check_every` iterations. The feature covariance is the Hessian's shape when many
-        rows are uncertain; on (nearly) separable data the curvature sits on a few rows and M misleads."""
-        at, mark = self._mark
-        if not self.preconditioned or self.iterations < at + self.check_every:
-            return
-        self._mark = (self.iterations, self.grad_max)
-        if self.grad_max > 0.1 * mark:
-            self.M, self.preconditioned = (lambda v: v), False
-            self.Mg = self.g
-            self.dropped_preconditioner_at = self.iterations
-            self.reset()
 
     def direction(self) -> torch.Tensor:
         """``-H g`` from the compact representation with ``H0 = γ M``."""
@@ -171,7 +153,6 @@ class LBFGS:
             if self.iterations >= max_iter:
                 self.stop_reason = "max_iter"
                 return self.stop_reason
-            self._judge_preconditioner()
             d = self.direction()
             gtd = float(self.g @ d)
             if not gtd < 0:  # not a descent direction (lost curvature): restart from M g

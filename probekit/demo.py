@@ -105,7 +105,7 @@ def _say(step: int, text: str) -> None:
 def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, device: str | None = None,
              settings: DemoSettings | None = None) -> DemoResult:
     """Run the five stages into `out` and return the summary rows (also written to disk)."""
-    from tqdm.auto import tqdm
+    from probekit.progress import progress_bar
 
     t0 = time.time()
     s = settings or (DemoSettings.quick_settings() if quick else DemoSettings())
@@ -115,7 +115,7 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, cache_dir=None, d
     _say(1, f"extracting {BACKBONE} features at {s.image_size} px (cached after the first run)")
     from probekit.extract import extract
 
-    for spec in tqdm((ID_TRAIN, ID_TEST, OOD), desc="extract", unit="set"):
+    for spec in progress_bar(iterable=(ID_TRAIN, ID_TEST, OOD), total=3, desc="extract", unit="set"):
         dataset, split = parse_dataset_split(spec)
         extract(BACKBONE, dataset, split, cache_dir=cache_dir, image_size=s.image_size, device=device, quiet=True)
 

@@ -296,7 +296,7 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
                    desc: str, on_commit=None, stop_request: StopRequest | None = None) -> None:
     """Extract source positions [start, stop) (start on a batch boundary) into `writer`."""
     import torch
-    from tqdm import tqdm
+    from probekit.progress import progress_bar
 
     cuda = device.type == "cuda"
     model = p.backbone.model.to(device)
@@ -315,7 +315,7 @@ def _run_positions(p: Plan, writer: cache.FeatureWriter, start: int, stop: int, 
     amp_dtype = autocast_dtype(precision, device, allowed=PRECISIONS)
     thread = _Writer(writer, commit_rows, commit_seconds)
     thread.start()
-    bar = tqdm(total=stop - start, unit="img", desc=desc, disable=not progress, dynamic_ncols=True, smoothing=0.1, file=sys.stderr)
+    bar = progress_bar(total=stop - start, unit="img", desc=desc, enabled=progress, smoothing=0.1)
     failure: BaseException | None = None
     source = loader if workers > 0 else _Prefetch(loader)
     try:

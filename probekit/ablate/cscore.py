@@ -69,7 +69,7 @@ def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights
     """Estimate the C-score of every row of the training features `train` (``dataset:split``, ``.h5`` or FeatureSet)."""
     import torch
     from scipy.stats import spearmanr
-    from tqdm import tqdm
+    from probekit.progress import progress_bar
 
     from probekit.heads.evaluation import predict_heads
     from probekit.runtime import choose_device
@@ -95,8 +95,8 @@ def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights
     H = len(subsets)
     est = SGDHeads(heads=[(lr, seed * 100_003 + h) for h in range(H)], batch_size=batch_size, epochs=epochs, momentum=momentum,
                    weight_decay=weight_decay, eval_every=0, n_classes=tr.num_classes, device=dev, storage_dtype=storage_dtype)
-    bar = tqdm(total=int(head_steps([len(s) for s in subsets], batch_size, epochs).max()), disable=not progress, unit="step",
-               desc=f"cscore ({H} heads)", dynamic_ncols=True, leave=False)
+    bar = progress_bar(total=int(head_steps([len(s) for s in subsets], batch_size, epochs).max()), enabled=progress, unit="step",
+                       desc=f"cscore ({H} heads)", leave=False)
     try:
         est.fit(X, y, head_rows=subsets, callback=lambda p: bar.update(max(0, p.step - bar.n)))
     finally:

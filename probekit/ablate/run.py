@@ -206,7 +206,7 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, baselines, out: Path, optio
              progress: bool, dev) -> None:
     """Every cell one head of one `SGDHeads` pass; each cell's folder is finished as soon as its head is."""
     import torch
-    from tqdm import tqdm
+    from probekit.progress import progress_bar
 
     from probekit import runlog
     from probekit.heads.evaluation import evaluate_all
@@ -231,7 +231,7 @@ def _run_sgd(est, cells: list[Cell], inputs, scores, baselines, out: Path, optio
                for c, r, k in zip(cells, rows, kept)]
     records: list[list[dict]] = [[] for _ in cells]
     t_start = time.time()
-    bar = tqdm(disable=not progress, unit="step", desc=f"ablate sgd ({len(cells)} cells)", dynamic_ncols=True, leave=False)
+    bar = progress_bar(enabled=progress, unit="step", desc=f"ablate sgd ({len(cells)} cells)", leave=False)
 
     def on_eval(p) -> None:
         due = np.arange(len(cells)) if p.heads is None else np.asarray(p.heads)

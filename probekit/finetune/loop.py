@@ -300,10 +300,10 @@ class _Run:
         images, self.train_s, self.eval_s = 0, 0.0, 0.0
         pbar = None
         if self.dist.is_main and self.cfg.progress:
-            from tqdm import tqdm
+            from probekit.progress import progress_bar
 
-            pbar = tqdm(total=len(self.combos) * self.target, initial=start_combo * self.target + min(start_step, self.target),
-                        unit="step", desc="finetune", disable=None)
+            pbar = progress_bar(total=len(self.combos) * self.target, initial=start_combo * self.target + min(start_step, self.target),
+                        unit="step", desc="finetune")
         try:
             with StopRequest() as stop:
                 for k in range(start_combo, len(self.combos)):

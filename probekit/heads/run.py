@@ -412,9 +412,9 @@ def train_head(cfg: TrainHeadConfig, *, init=None, extra_config: dict | None = N
         records = writer.truncate(lambda r: r.get("step", 0) <= start["step"])
         preds, pred_steps = restored_predictions(start) if save_predictions else (preds, pred_steps)
     ckpt = Checkpointer(writer.dir, config) if writer is not None and solver == "sgd" else None
-    from tqdm import tqdm
+    from probekit.progress import progress_bar
 
-    bar = tqdm(disable=not progress, unit="step", desc=f"train-head {solver}", dynamic_ncols=True, leave=False,
+    bar = progress_bar(enabled=progress, unit="step", desc=f"train-head {solver}", leave=False,
                initial=start["step"] if start is not None else 0)
 
     def on_eval(p):

@@ -270,13 +270,19 @@ def summarise_run(records: Sequence[dict], plan: EvalPlan, *, mode: str, heads: 
             "records": len(records), **(extra or {})}
 
 
-def final_line(head: str, entry: Mapping[str, Any]) -> str:
-    """One terminal line for a head of `summarise_heads`: step, final ID / OOD accuracy and ER."""
-    f = entry.get("final") or {}
-    ood = " ".join(f"{k}={v:.4f}" for k, v in (f.get("acc_ood") or {}).items())
-    er = " ".join(f"ER[{k}]={v:+.4f}" for k, v in (f.get("er") or {}).items() if v is not None)
-    acc = f.get("acc_id")
-    return f"{head}: step {f.get('step')} acc_id={acc:.4f} {ood} {er}".rstrip() if acc is not None else f"{head}: step {f.get('step')}"
+def results_table(heads: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """The final record of each head of `summarise_heads` as table rows (header first): accuracies
+    in %, ER in points, as the demo and the papers report them."""
+    finals = {name: entry.get("final") or {} for name, entry in heads.items()}
+    oods = list(dict.fromkeys(k for f in finals.values() for k in (f.get("acc_ood") or {})))
+    ers = list(dict.fromkeys(k for f in finals.values() for k, v in (f.get("er") or {}).items() if v is not None))
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    pts = lambda v: "-" if v is None else f"{100 * v:+.2f}"  # noqa: E731
+    rows = [("head", "step", "ID acc %", *(f"{k} acc %" for k in oods), *(f"ER {k} (points)" for k in ers))]
+    for name, f in finals.items():
+        rows.append((name, str(f.get("step", "-")), pct(f.get("acc_id")), *(pct((f.get("acc_ood") or {}).get(k)) for k in oods),
+                     *(pts((f.get("er") or {}).get(k)) for k in ers)))
+    return rows
 
 
 # -- predictions.npz -------------------------------------------------------------------------------

@@ -232,3 +232,16 @@ def test_diversity_subset_scores_the_trained_classes_only(store, tmp_path):
         assert set(np.unique(M.labels[index])) <= set(kept) and len(index) == np.isin(M.labels, kept).sum()
         assert set(np.unique(z["mnist5k:test"])) <= set(kept)
         assert last["acc_ood"]["mnist5k:test"] == pytest.approx((z["mnist5k:test"][-1, 0] == M.labels[index]).mean())
+
+
+def test_results_as_table_or_json(store, tmp_path, capsys):
+    """The command ends with a table (accuracies in %, ER in points) or, with --json, the summary itself."""
+    common = ("--lr", "0.1", "--batch-size", "100", "--epochs", "1", "--baseline", str(store / "base.json"))
+    assert cli(store, *common, "--out", str(tmp_path / "table")) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["head", "step", "ID", "acc", "%", "mnist5k:test", "acc", "%", "ER", "mnist5k:test", "(points)"]
+    final = read_run(tmp_path / "table").summary["heads"]["lr=0.1,seed=0"]["final"]
+    assert table[1].split() == ["lr=0.1,seed=0", str(final["step"]), f"{100 * final['acc_id']:.2f}",
+                                f"{100 * final['acc_ood']['mnist5k:test']:.2f}", f"{100 * final['er']['mnist5k:test']:+.2f}"]
+    assert cli(store, *common, "--out", str(tmp_path / "json"), "--json") == 0
+    assert json.loads(capsys.readouterr().out) == read_run(tmp_path / "json").summary

@@ -175,7 +175,8 @@ def test_zero_shot_command_writes_a_run(tmp_path, clip, class_file, capsys):
     preds = np.load(out / "predictions.npz")
     assert preds["synth-ood:test"].shape == (1, 1, 30)
     np.testing.assert_array_equal(preds["synth-ood:test"][0, 0], np.repeat(np.arange(3), 10))
-    assert "acc_id 1.0000" in capsys.readouterr().out
+    table = capsys.readouterr().out  # accuracies in %, ER in points
+    assert "ID acc %" in table and " 100.00 " in table and f"{100 * want:+.2f}" in table
 
 
 def test_class_subset_shift_goes_through_robustness(tmp_path, clip):

@@ -102,6 +102,34 @@ def image_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def print_table(table: list[tuple[str, ...]]) -> None:
+    """Rows of strings as left-aligned columns; the first row is the header."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def print_json(value) -> None:
+    """A result as JSON on stdout (`--json`), for scripts; numbers as computed, not rounded."""
+    import json
+
+    from probekit.atomic import _json_default
+
+    print(json.dumps(value, indent=2, default=_json_default))
+
+
+def print_run_summary(out) -> None:
+    """`--json` of a run command: its summary.json as written (status included)."""
+    import json
+    from pathlib import Path
+
+    print_json(json.loads((Path(out) / "summary.json").read_text(encoding="utf-8")))
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "the run's summary") -> None:
+    parser.add_argument("--json", action="store_true", help=f"print {what} as JSON instead of a table")
+
+
 def add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="feature-store folder (default: $PROBEKIT_CACHE or ./cache)")
 

@@ -54,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-subset", type=_common.positive_int, default=None, metavar="N", help="evaluate on N images per class")
     _common.add_data_root(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common.add_json(p, "every cell's result row")
     p.set_defaults(func=run)
 
 
@@ -94,10 +95,14 @@ def run(args: argparse.Namespace) -> int:
                      **common)
     if res is None:
         return 0
+    if args.json:
+        _common.print_json({"out": str(res.out), "ran": list(res.ran), "skipped": list(res.skipped), "cells": res.table})
+        return 0
     print(f"{len(res.ran)} cells run, {len(res.skipped)} already complete -> {res.out}")
-    for row in res.table:
-        er = {k.split(":", 1)[1]: v for k, v in row.items() if k.startswith("er:")}
-        print(f"{row['cell']}  n={row['n_train']}  acc_id={row['acc_id']:.4f}" + "".join(f"  er[{s}]={v:+.4f}" for s, v in er.items()))
+    ers = list(dict.fromkeys(k for row in res.table for k in row if k.startswith("er:")))
+    _common.print_table([("cell", "n_train", "ID acc %", *(f"ER {k[3:]} (points)" for k in ers))] +
+                        [(row["cell"], str(row["n_train"]), f"{100 * row['acc_id']:.2f}",
+                          *("-" if row.get(k) is None else f"{100 * row[k]:+.2f}" for k in ers)) for row in res.table])
     return 0
 
 

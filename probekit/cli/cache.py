@@ -70,7 +70,7 @@ def run_ls(args: argparse.Namespace) -> int:
                          r.get("precision", ""), r.get("dtype", ""), r.get("dataset", "?"), r.get("split", "?"),
                          str(r.get("rows", "")), str(r.get("dim", "")), human_size(r["bytes"]), r["status"], r["file"])
                         for r in rows]
-    print_table(table)
+    _common.print_table(table)
     total = sum(r["bytes"] for r in rows)
     print(f"{len(rows)} file(s), {human_size(total)} in {folder}")
     return 0
@@ -82,13 +82,6 @@ def _weights(row: dict) -> str:
     if weights in ("default", "none", ""):
         return weights or ("?" if "model" in row else "")
     return f"{Path(weights).name}@{weight_id.removeprefix('sha256:')[:8]}" if weight_id.startswith("sha256:") else weights
-
-
-def print_table(table: list[tuple[str, ...]]) -> None:
-    """Rows of strings as left-aligned columns; the first row is the header."""
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
 def _remove(paths_: list, dry_run: bool) -> int:

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from probekit import cache
-    from probekit.cli.cache import print_table
+    from probekit.cli._common import print_table
     from probekit.datasets.registry import dataset_status
 
     rows = dataset_status(args.data_root)

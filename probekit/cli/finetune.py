@@ -54,6 +54,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_data_root(p)
     add_device(p)
+    _common.add_json(p, "the run's summary (summary.json)")
     p.set_defaults(func=run)
 
 
@@ -82,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
         return e.exit_code
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports
-    from probekit.records import final_line
+    if args.json:
+        _common.print_run_summary(args.out)
+        return 0
+    from probekit.records import results_table
 
-    for head, entry in summary["heads"].items():
-        print(final_line(head, entry))
+    _common.print_table(results_table(summary["heads"]))
     print(f"run folder: {args.out}")
     return 0

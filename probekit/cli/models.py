@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from probekit.backbones.catalog import describe, list_models
-    from probekit.cli.cache import print_table
+    from probekit.cli._common import print_table
 
     names = list_models(args.pattern, pretrained=args.pretrained)
     if not names:

@@ -51,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--classes", default=None, metavar="imagenet|cifar10|FILE", help="class names of the labels, for --init zero-shot")
     g.add_argument("--templates", default=None, metavar="FILE", help="prompt templates for --init zero-shot (default: the CLIP paper's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common.add_json(p, "the run's summary (summary.json)")
     p.set_defaults(func=run)
 
 
@@ -73,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
     from probekit.runtime import Stopped
     from probekit.heads.run import train_head
-    from probekit.records import final_line
     from probekit.zeroshot.init import resolve_init
 
     train, init, init_config = resolve_init(args.init, args.classes, args.templates, train=args.train, model=args.model,
@@ -85,14 +85,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"probekit: {e}", file=sys.stderr)
         return e.exit_code
     s = res.summary
+    if args.json:
+        _common.print_run_summary(res.out)
+        return 0
+    from probekit.records import results_table
+
     if s["solver"] == "lbfgs":
+        _common.print_table(results_table({s["chosen_head"]: s["heads"].get(s["chosen_head"], {})}))
         print(f"chosen l2={s['chosen_l2']:g}" + (f" (on {s['best']['chosen_on']})" if s["best"]["chosen_on"] else ""))
-        print(final_line(s["chosen_head"], s["heads"].get(s["chosen_head"], {})))
     else:
-        for name, h in s["heads"].items():
-            print(final_line(name, h))
+        _common.print_table(results_table(s["heads"]))
         if s.get("best"):
             b = s["best"]
-            print(f"best on {b['chosen_on']}: {b['head']} at step {b['step']} (acc_val={b['acc_val']:.4f}, acc_id={b['acc_id']:.4f})")
+            print(f"best on {b['chosen_on']}: {b['head']} at step {b['step']} (val {100 * b['acc_val']:.2f} %, ID {100 * b['acc_id']:.2f} %)")
     print(f"-> {res.out}")
     return 0

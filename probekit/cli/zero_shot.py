@@ -37,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-text-cache", action="store_true", help="recompute the text embeddings instead of reading the cache")
     add_cache_dir(p)
     add_device(p)
+    _common.add_json(p, "the zero-shot record")
     p.set_defaults(func=run)
 
 
@@ -47,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
                            templates=args.templates, baseline=list(args.baseline), cache_dir=args.cache_dir,
                            device=args.device, overwrite=args.overwrite, use_text_cache=not args.no_text_cache)
     rec = result.record
-    parts = [f"acc_id {rec['acc_id']:.4f}"]
-    for name, acc in rec["acc_ood"].items():
-        er = (rec.get("er") or {}).get(name)
-        parts.append(f"{name} {acc:.4f}" + (f" (ER {er:+.4f})" if er is not None else ""))
-    print(f"zero-shot {args.model}: " + ", ".join(parts) + f"; run written to {args.out}")
+    if args.json:
+        _common.print_json(rec)
+        return 0
+    from probekit.records import results_table
+
+    _common.print_table(results_table({f"zero-shot {args.model}": {"final": rec}}))
+    print(f"-> {args.out}")
     return 0

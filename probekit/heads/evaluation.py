@@ -181,11 +181,14 @@ def make_eval_sets(eval_sets, device: torch.device, dtype: torch.dtype, n_featur
 
 
 def head_logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Logits ``[N, H, C]`` of all heads ``W [H, D, C]``, ``b [H, C]`` in one GEMM."""
+    """Logits ``[N, H, C]`` of all heads ``W [H, D, C]``, ``b [H, C]`` in one GEMM.
+
+    Computed class-major (``Wᵀ [H·C, D] @ Xᵀ``, returned as a transposed view): for narrow heads
+    MKL runs it at the speed of reading X, 2–3× faster than ``X @ W`` (see `logistic`)."""
     H, D, C = W.shape
     X = X.float() if X.dtype == torch.float16 else X  # float16 storage, float32 compute
-    flat = W.permute(1, 0, 2).reshape(D, H * C).to(X.dtype)  # cast the small head, never the big set
-    return (X @ flat).view(-1, H, C) + b.to(X.dtype)
+    flat = W.transpose(1, 2).reshape(H * C, D).to(X.dtype)  # cast the small head, never the big set
+    return (flat @ X.T).T.view(-1, H, C) + b.to(X.dtype)
 
 
 @torch.no_grad()

@@ -78,3 +78,19 @@ def fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive flock on `fd` without waiting: False when another process holds it.
+
+    The lock dies with its process (SIGKILL included), so a crash never leaves a stale lock."""
+    import errno
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise
+        return False
+    return True

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from probekit import paths
-from probekit.atomic import fsync_dir
+from probekit.atomic import fsync_dir, try_lock
 from probekit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,7 @@ def entry_lock(final_path: Path, *, quiet: bool = False) -> Iterator[None]:
     lock_path = final_path.with_name(final_path.name[: -len(SUFFIX)] + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
+        if not try_lock(fd):
             try:
                 owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             except OSError:

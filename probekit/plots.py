@@ -122,6 +122,18 @@ def _span(values: list[float]) -> tuple[float, float]:
     return float(inverse_transform(tl - pad)), float(inverse_transform(th + pad))
 
 
+def _reference_lines(ax: Any, xs: list[float], ys: list[float], kind: str, baseline, *, lw: float, label: str | None) -> None:
+    """y = x and the baseline's fit over the span of the points, and both accuracy axes to match."""
+    xlo, xhi = _span(xs)
+    ylo, yhi = _span(ys)
+    line = np.linspace(float(_t(min(xlo, ylo), kind)), float(_t(max(xhi, yhi), kind)), 200)
+    ax.plot(line, line, ls="--", color="black", lw=min(lw, 1.0), label="y = x", zorder=1)
+    if baseline is not None:
+        ax.plot(line, baseline.slope * line + baseline.intercept, color="tab:red", lw=lw, zorder=1, label=label)
+    _accuracy_axis(ax, kind, xlo, xhi, "x")
+    _accuracy_axis(ax, kind, ylo, yhi, "y")
+
+
 def _progress_norm(steps: list[int]) -> Any:
     """Colour scale of training progress: log steps when evaluations span two decades or more."""
     from matplotlib.colors import LogNorm, Normalize
@@ -174,16 +186,8 @@ def plot_id_vs_ood(runs: Iterable[Any], baseline: Baseline | None, testbed_point
                        label="final point" if (i == 0 and j == 0) else None)
     if not xs_all:
         raise UserError(f"nothing to plot: no record has both acc_id and acc_ood[{chosen!r}]")
-    xlo, xhi = _span(xs_all)
-    ylo, yhi = _span(ys_all)
-    lo, hi = min(xlo, ylo), max(xhi, yhi)
-    line = np.linspace(float(_t(lo, kind)), float(_t(hi, kind)), 200)
-    ax.plot(line, line, ls="--", color="black", lw=1, label="y = x", zorder=1)
-    if baseline is not None:
-        ax.plot(line, baseline.slope * line + baseline.intercept, color="tab:red", lw=1.5, zorder=1,
-                label=f"baseline {baseline.name} (slope {baseline.slope:.2f}, r {baseline.r:.3f}, n {baseline.n})")
-    _accuracy_axis(ax, kind, xlo, xhi, "x")
-    _accuracy_axis(ax, kind, ylo, yhi, "y")
+    _reference_lines(ax, xs_all, ys_all, kind, baseline, lw=1.5,
+                     label=baseline and f"baseline {baseline.name} (slope {baseline.slope:.2f}, r {baseline.r:.3f}, n {baseline.n})")
     id_name = (baseline.id_eval if baseline and baseline.id_eval else None) or (runs[0].config.get("id") if runs[0].config else None) or "ID"
     ax.set_xlabel(f"ID accuracy ({id_name}), {kind} scale")
     ax.set_ylabel(f"OOD accuracy ({chosen}), {kind} scale")
@@ -442,15 +446,7 @@ def _ablation_id_vs_ood(ax: Any, points: list[dict], chosen: str, baseline: Base
             ax.plot(_t(x, kind_t), _t(y, kind_t), color=c, lw=0.8, alpha=0.8, zorder=3,
                     label=f"{kind} cells ({len(values)})" if i == 0 else None)
             ax.scatter(_t(x[-1:], kind_t), _t(y[-1:], kind_t), color=[c], s=14, edgecolors="black", linewidths=0.4, zorder=4)
-    xlo, xhi = _span(xs_all)
-    ylo, yhi = _span(ys_all)
-    lo, hi = min(xlo, ylo), max(xhi, yhi)
-    line = np.linspace(float(_t(lo, kind_t)), float(_t(hi, kind_t)), 200)
-    ax.plot(line, line, ls="--", color="black", lw=0.8, label="y = x", zorder=1)
-    if baseline is not None:
-        ax.plot(line, baseline.slope * line + baseline.intercept, color="tab:red", lw=1.2, zorder=1, label=f"baseline {baseline.name}")
-    _accuracy_axis(ax, kind_t, xlo, xhi, "x")
-    _accuracy_axis(ax, kind_t, ylo, yhi, "y")
+    _reference_lines(ax, xs_all, ys_all, kind_t, baseline, lw=1.2, label=baseline and f"baseline {baseline.name}")
     ax.set_xlabel(f"ID accuracy, {kind_t} scale")
     ax.set_ylabel(f"OOD accuracy ({chosen}), {kind_t} scale")
     ax.set_title("OOD vs ID, one trajectory per cell", fontsize=9)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from probekit import paths
-from probekit.atomic import _json_default, atomic_write_json, atomic_write_text, fsync_dir
+from probekit.atomic import _json_default, atomic_write_json, atomic_write_text, fsync_dir, try_lock
 from probekit.errors import UserError
 
 RECORD_FIELDS = ("step", "epoch", "head", "loss", "acc_id", "acc_ood", "er")
@@ -146,11 +146,7 @@ def _locked(owner_file: Path, *, create: bool = True) -> Iterator[int]:
     except OSError as e:
         raise UserError(f"cannot open {owner_file}: {e.strerror}; choose another --out") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
+        if not try_lock(fd):
             raise UserError(f"run folder {owner_file.parent} is being written by another probekit run "
                             f"({_describe_owner(owner_file)}); wait for it to finish or choose another --out") from None
         yield fd

@@ -435,7 +435,7 @@ def train_head(cfg: TrainHeadConfig, *, init=None, extra_config: dict | None = N
                 preds[o.name].append(predict_heads(es.X, p.W, p.b, es.restrict).cpu().numpy().astype(np.int16))
         bar.update(max(0, p.step - bar.n) if solver == "sgd" else 1)
         if solver == "lbfgs":
-            bar.set_postfix_str(f"l2={p.extra['l2']:.3g}")
+            bar.set_postfix_str(f"l2={p.extra['l2']:.3g}", refresh=False)
         if ckpt is not None and ckpt.due():
             ckpt.save(p.state(), preds, pred_steps)
 

@@ -91,23 +91,28 @@ def ft_records(out: Path) -> list[dict]:
             for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-# `probekit ...` whose feature writer pauses after its first commit until HOLD_UNTIL exists
-# (writing its pid to HOLD_MARKER), so other processes can be started against a live writer.
-HELD_CLI = r"""
+def holding_cli(module: str, method: str) -> str:
+    """`probekit ...` whose `probekit.<module>.<method>` pauses after its first call until HOLD_UNTIL
+    exists (writing its pid to HOLD_MARKER), so other processes can be started against a live writer."""
+    return f"""
 import os, sys, time
-from probekit import cache
-commit, count = cache.FeatureWriter.commit, [0]
-def held(self):
-    commit(self)
+from probekit import {module}
+owner, name = {module}.{method.split(".")[0]}, "{method.split(".")[1]}"
+real, count = getattr(owner, name), [0]
+def held(self, *args):
+    real(self, *args)
     count[0] += 1
     if count[0] == 1:
         open(os.environ["HOLD_MARKER"], "w").write(str(os.getpid()))
         while not os.path.exists(os.environ["HOLD_UNTIL"]):
             time.sleep(0.02)
-cache.FeatureWriter.commit = held
+setattr(owner, name, held)
 from probekit.cli import main
 sys.exit(main(sys.argv[1:]))
 """
+
+
+HELD_CLI = holding_cli("cache", "FeatureWriter.commit")  # the feature writer holds after its first commit
 
 
 def held_cli(args: list[str], marker: Path, release: Path, **kw):

@@ -11,7 +11,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from _rel import MODEL, SIZE, extract_args, held_cli, popen, same_features, wait_for
+from _rel import MODEL, SIZE, extract_args, held_cli, holding_cli, popen, same_features, wait_for
 
 from probekit import features
 from probekit import cache
@@ -78,22 +78,7 @@ def test_the_waiting_process_takes_over_when_the_writer_is_killed(tmp_path, ref_
     assert same_features(cache.load_features(store / name), ref_test)
 
 
-# `probekit ...` whose run writer pauses after its first records until HOLD_UNTIL exists (pid in HOLD_MARKER)
-HELD_RUN = r"""
-import os, sys, time
-from probekit import runlog
-log_many, count = runlog.RunWriter.log_many, [0]
-def held(self, records):
-    log_many(self, records)
-    count[0] += 1
-    if count[0] == 1:
-        open(os.environ["HOLD_MARKER"], "w").write(str(os.getpid()))
-        while not os.path.exists(os.environ["HOLD_UNTIL"]):
-            time.sleep(0.02)
-runlog.RunWriter.log_many = held
-from probekit.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+HELD_RUN = holding_cli("runlog", "RunWriter.log_many")  # the run writer holds after its first records
 
 
 def test_two_train_heads_into_one_out(tmp_path, feature_store, ref_train, ref_test):

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "probekit"
 
 # lowest first; a package or module name -> its layer index
 LAYERS: list[tuple[str, ...]] = [
-    ("errors", "paths", "atomic", "runtime", "names", "safe_pickle"),
+    ("errors", "paths", "atomic", "runtime", "progress", "names", "safe_pickle"),
     ("datasets", "backbones"),
     ("cache", "robustness", "records", "runlog"),
     ("extract", "features", "heads", "finetune", "zeroshot", "ablate"),

@@ -15,8 +15,8 @@ Speed (docs/benchmarks.md) comes from
 1. a preconditioner from the feature covariance (`logistic.CovariancePreconditioner`),
    computed once for the grid: raw L-BFGS spends most of its iterations on feature scale;
 2. warm starts along the grid, strongest λ first (the regularisation path);
-3. a loose tolerance for *choosing* λ (``select_tol``, sklearn's default 1e-4) followed by
-   one tight solve of the chosen λ (``tol``), continuing the same L-BFGS state;
+3. every λ solved to ``select_tol`` (sklearn's default 1e-4, enough to *choose* λ); a smaller
+   ``tol`` (default also 1e-4) continues only the chosen λ, from the same L-BFGS state;
 4. float32 GEMMs with float64 softmax and sums, two products per evaluation, row-chunked
    (``dtype="auto"`` picks them for ``tol ≥ 1e-7`` and float64 products below);
 5. the L-BFGS history as matrices and all records of an evaluation scored in one product.

@@ -270,18 +270,26 @@ def summarise_run(records: Sequence[dict], plan: EvalPlan, *, mode: str, heads: 
             "records": len(records), **(extra or {})}
 
 
+def percent(value: float | None) -> str:
+    """An accuracy (fraction) as a table cell in %, "-" when absent."""
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def points(value: float | None) -> str:
+    """An ER (fraction) as a table cell in signed points, "-" when absent."""
+    return "-" if value is None else f"{100 * value:+.2f}"
+
+
 def results_table(heads: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, ...]]:
     """The final record of each head of `summarise_heads` as table rows (header first): accuracies
     in %, ER in points, as the demo and the papers report them."""
     finals = {name: entry.get("final") or {} for name, entry in heads.items()}
     oods = list(dict.fromkeys(k for f in finals.values() for k in (f.get("acc_ood") or {})))
     ers = list(dict.fromkeys(k for f in finals.values() for k, v in (f.get("er") or {}).items() if v is not None))
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
-    pts = lambda v: "-" if v is None else f"{100 * v:+.2f}"  # noqa: E731
     rows = [("head", "step", "ID acc %", *(f"{k} acc %" for k in oods), *(f"ER {k} (points)" for k in ers))]
     for name, f in finals.items():
-        rows.append((name, str(f.get("step", "-")), pct(f.get("acc_id")), *(pct((f.get("acc_ood") or {}).get(k)) for k in oods),
-                     *(pts((f.get("er") or {}).get(k)) for k in ers)))
+        rows.append((name, str(f.get("step", "-")), percent(f.get("acc_id")), *(percent((f.get("acc_ood") or {}).get(k)) for k in oods),
+                     *(points((f.get("er") or {}).get(k)) for k in ers)))
     return rows
 
 

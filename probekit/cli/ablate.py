@@ -99,10 +99,12 @@ def run(args: argparse.Namespace) -> int:
         _common.print_json({"out": str(res.out), "ran": list(res.ran), "skipped": list(res.skipped), "cells": res.table})
         return 0
     print(f"{len(res.ran)} cells run, {len(res.skipped)} already complete -> {res.out}")
+    from probekit.records import percent, points
+
     ers = list(dict.fromkeys(k for row in res.table for k in row if k.startswith("er:")))
     _common.print_table([("cell", "n_train", "ID acc %", *(f"ER {k[3:]} (points)" for k in ers))] +
-                        [(row["cell"], str(row["n_train"]), f"{100 * row['acc_id']:.2f}",
-                          *("-" if row.get(k) is None else f"{100 * row[k]:+.2f}" for k in ers)) for row in res.table])
+                        [(row["cell"], str(row["n_train"]), percent(row["acc_id"]), *(points(row.get(k)) for k in ers))
+                         for row in res.table])
     return 0
 
 

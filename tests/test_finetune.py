@@ -200,3 +200,160 @@ def test_training_subset_by_size_is_recorded_and_used(tmp_path, baseline_json):
     assert config["baselines"]["mnist5k:test"]["slope"] == pytest.approx(json.loads(open(baseline_json).read())["slope"])
     with pytest.raises(UserError, match="train-head --subset classes"):
         finetune(FinetuneConfig(**TINY, out=str(tmp_path / "k"), subset="classes=3", max_steps=1))
+
+
+def _predictions_npz(folder) -> dict:
+    with np.load(folder / "predictions.npz", allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_predictions_at_every_evaluation_match_the_log_and_analyze_reads_them(tmp_path, capsys, monkeypatch):
+    import probekit.analysis as analysis
+    import probekit.robustness.testbeds as testbeds
+    from probekit.datasets import create_dataset
+    from probekit.runlog import read_run
+
+    args = ["finetune", "--model", "test_resnet", "--weights", "none", "--dataset", "digits:test", "--id", "digits:test",
+            "--ood", "mnist5k", "--image-size", "32", "--lr", "0.1", "0.01", "--seeds", "0", "--batch-size", "32",
+            "--eval-subset", "5", "--max-steps", "4", "--eval-every", "2", "--no-progress"]
+    every, end = tmp_path / "every", tmp_path / "end"
+    assert main(args + ["--out", str(every), "--save-predictions"]) == 0, capsys.readouterr().err  # bare flag: every evaluation
+    assert main(args + ["--out", str(end)]) == 0, capsys.readouterr().err                         # default: the final step
+    run = read_run(every)
+    assert run.config["save_predictions"] == "every-eval" and read_run(end).config["save_predictions"] == "end"
+    z = _predictions_npz(every)
+    assert list(z["steps"]) == [0, 2, 4] and list(z["heads"]) == ["lr=0.1,seed=0", "lr=0.01,seed=0"]
+    assert z["mnist5k:test"].shape == (3, 2, 50) and z["mnist5k:test"].dtype == np.int16
+    labels = np.asarray(create_dataset("mnist5k", "test").targets)[z["mnist5k:test__index"]]
+    for t, step in enumerate(z["steps"]):
+        for h, head in enumerate(z["heads"]):
+            (rec,) = [r for r in run.head_records(str(head)) if r["step"] == step]
+            assert (z["mnist5k:test"][t, h] == labels).mean() == pytest.approx(rec["acc_ood"]["mnist5k:test"]), (step, head)
+    # kept from the accuracy pass at every evaluation == predicted again after training (the "end" file)
+    z_end = _predictions_npz(end)
+    assert list(z_end["steps"]) == [4] and np.array_equal(z_end["mnist5k:test"][0], z["mnist5k:test"][-1])
+    assert np.array_equal(z_end["mnist5k:test__index"], z["mnist5k:test__index"])
+
+    # analyze unique-correct reads every saved evaluation of a finetune run (labels: the set's own)
+    truth = np.asarray(create_dataset("mnist5k", "test").targets)
+    monkeypatch.setattr(testbeds, "cifar101_labels", lambda version="v6": truth)
+    monkeypatch.setattr(analysis, "hard_examples", lambda version="v6": np.arange(len(truth)))
+    capsys.readouterr()
+    assert main(["analyze", "unique-correct", str(every), "--ood-set", "mnist5k:test", "--json", str(tmp_path / "u.json")]) == 0
+    rows = json.loads((tmp_path / "u.json").read_text())["rows"]
+    assert [(r["step"], r["head"]) for r in rows] == [(s, h) for s in (0, 2, 4) for h in ("lr=0.1,seed=0", "lr=0.01,seed=0")]
+    for r in rows:
+        (rec,) = [x for x in run.head_records(r["head"]) if x["step"] == r["step"]]
+        assert r["accuracy"] == pytest.approx(rec["acc_ood"]["mnist5k:test"])
+
+    # a value that is neither is one error line
+    assert main(args + ["--out", str(tmp_path / "bad"), "--save-predictions", "every-checkpoint"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--save-predictions" in err and "every-eval" in err
+    with pytest.raises(UserError, match="--save-predictions must be one of end, every-eval"):
+        finetune(FinetuneConfig(**TINY, out=str(tmp_path / "bad2"), max_steps=1, save_predictions="always"))
+
+
+def test_a_resume_keeps_the_parts_its_checkpoint_covers_and_redoes_the_rest(tmp_path):
+    from probekit.finetune.loop import _Evaluator
+
+    out = tmp_path / "run"
+    cfg = FinetuneConfig(**{**TINY, "model": "small_cnn"}, out=str(out), ood=["mnist5k"], max_steps=16, eval_every=4,
+                         save_predictions="every-eval")  # 14 steps per epoch: checkpoints at 14 and 16
+    finetune(cfg)
+    reference = _predictions_npz(out)
+    assert list(reference["steps"]) == [0, 4, 8, 12, 16]
+    # the state a kill after step 14's checkpoint leaves: log and parts up to step 16, the checkpoint at 14
+    import torch as _torch
+
+    ckpt = out / "checkpoints" / "last.pt"
+    state = _torch.load(ckpt, weights_only=True)
+    (out / "summary.json").unlink()
+    (out / "predictions.npz").unlink()
+    parts = out / "checkpoints"
+    marked = parts / "predictions-0-step-00000012.npz"   # covered by the checkpoint at 14: kept, not recomputed
+    stale = parts / "predictions-0-step-00000016.npz"    # past it: removed and written again
+    z12 = dict(np.load(marked))
+    z12["mnist5k:test"] = (z12["mnist5k:test"] + 1) % 10
+    np.savez(marked, **z12)
+    np.savez(stale, steps=np.array([16]), heads=np.array(["lr=0.05,seed=0"]))  # a part that would not read as complete
+    (parts / ".predictions-0-step-00000020.npz.x.tmp").write_bytes(b"half")    # a write a kill interrupted
+    state["step"] = 14
+    from probekit.finetune.checkpoint import save_checkpoint
+
+    save_checkpoint(ckpt, state)  # (model state of step 16, labelled 14: enough to see which parts a resume keeps)
+    calls = []
+    original = _Evaluator.predictions
+    _Evaluator.predictions = lambda self, net, names: calls.append(1) or original(self, net, names)
+    try:
+        finetune(FinetuneConfig(**{**cfg.__dict__, "resume": True}))
+    finally:
+        _Evaluator.predictions = original
+    assert len(calls) == 1  # only step 16 was evaluated again
+    z = _predictions_npz(out)
+    assert list(z["steps"]) == [0, 4, 8, 12, 16]
+    assert np.array_equal(z["mnist5k:test"][:3], reference["mnist5k:test"][:3])
+    assert np.array_equal(z["mnist5k:test"][3], z12["mnist5k:test"][0])  # the kept part, as it was on disk
+    assert not list(parts.glob(".predictions-*.tmp"))
+    # a part missing at the end: no predictions.npz rather than one that lacks evaluations
+    (parts / "predictions-0-step-00000004.npz").unlink()
+    (out / "predictions.npz").unlink()
+    finetune(FinetuneConfig(**{**cfg.__dict__, "resume": True}))
+    assert not (out / "predictions.npz").exists() and json.loads((out / "summary.json").read_text())["status"] == "complete"
+
+
+def test_checkpoints_of_earlier_layouts(tmp_path, capsys):
+    """Version 2 (unversioned, before --save-predictions) resumes; version 1 (before the record layer) and a newer
+    version are refused with one line saying what to do, the checkpoint and log left as they were."""
+    out = tmp_path / "run"
+    args = ["finetune", "--model", "test_resnet", "--weights", "none", "--dataset", "digits:test", "--id", "digits:test",
+            "--ood", "mnist5k", "--image-size", "32", "--lr", "0.05", "--seeds", "0", "--batch-size", "32", "--eval-subset", "5",
+            "--max-steps", "2", "--eval-every", "1", "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    ckpt = out / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["format"] == "probekit-finetune-checkpoint" and state["version"] == 3
+    log = (out / "log.jsonl").read_text()
+    from probekit.finetune.checkpoint import save_checkpoint
+
+    def write(s):
+        save_checkpoint(ckpt, s)
+        (out / "summary.json").unlink(missing_ok=True)
+        return ckpt.read_bytes()
+
+    config = json.loads(state["config"])
+    current = {k: v for k, v in state.items() if k not in ("format", "version")}
+    # version 2: the record layer's config, no save_predictions, no version
+    write({**current, "config": json.dumps({k: v for k, v in config.items() if k != "save_predictions"})})
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["status"] == "complete"
+    assert (out / "predictions.npz").exists()
+
+    # version 1: the config of probekit before the record layer (ood_sets, baseline names + baseline_fit)
+    old = {k: v for k, v in config.items() if k not in ("ood", "val_set", "class_subset_shifts", "save_predictions")}
+    old.update(ood_sets=config["ood"], baselines={}, baseline_fit=None)
+    before = write({**current, "config": json.dumps(old)})
+    log = (out / "log.jsonl").read_text()
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("probekit: error: ") and "earlier probekit" in err and "--overwrite" in err
+    assert "another configuration" not in err
+    assert ckpt.read_bytes() == before and (out / "log.jsonl").read_text() == log
+
+    # a newer checkpoint version
+    before = write({**state, "version": 99})
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "newer probekit" in err and "--overwrite" in err
+    assert ckpt.read_bytes() == before
+
+    # a version that is no number
+    write({**state, "version": "three"})
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a probekit checkpoint" in err and "Traceback" not in err
+
+    # what the message says works: --overwrite starts afresh and writes today's layout
+    assert main(args + ["--overwrite"]) == 0
+    assert torch.load(ckpt, weights_only=True)["version"] == 3

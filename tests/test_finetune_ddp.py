@@ -35,6 +35,17 @@ def test_torchrun_two_processes_write_one_consistent_log(tmp_path):
 
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
     assert done.stdout.count("lr=0.05,seed=0") == 1  # rank 0 alone reports
+    # every evaluation's predictions under DDP: rank 0 predicts every row itself; the last equals the final-step file
+    import numpy as np
+
+    every = tmp_path / "every"
+    done = subprocess.run(cmd[:-1] + [str(every), "--save-predictions", "every-eval"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads(line) for line in (every / "log.jsonl").read_text().splitlines()][-1]["acc_ood"] == records[-1]["acc_ood"]
+    with np.load(out / "predictions.npz") as end, np.load(every / "predictions.npz") as z:
+        assert list(end["steps"]) == [4] and list(z["steps"]) == [0, 2, 4]
+        assert np.array_equal(z["mnist5k:test"][-1], end["mnist5k:test"][0])
+        assert np.array_equal(z["mnist5k:test__index"], end["mnist5k:test__index"])
 
 
 def test_one_torchrun_process_joins_a_process_group(request):

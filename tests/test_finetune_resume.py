@@ -56,11 +56,16 @@ def _start_and_signal(out: Path, sig: int, when_step: int) -> tuple[subprocess.P
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> list[dict]:
+def uninterrupted(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("uninterrupted")
-    done = _run(out)
+    done = _run(out, "--save-predictions", "every-eval")  # (predictions change no record)
     assert done.returncode == 0, done.stderr
-    records = _records(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(uninterrupted) -> list[dict]:
+    records = _records(uninterrupted)
     assert [r["step"] for r in records] == list(range(0, 21, 2))
     return records
 
@@ -90,3 +95,48 @@ def test_sigterm_mid_epoch_checkpoints_and_resume_with_workers_matches(tmp_path,
     resumed = _run(out, "--resume", "--workers", "1")  # workers do not change the augmentation
     assert resumed.returncode == 0, resumed.stderr
     assert _records(out) == reference
+
+
+# Killed inside the write of step 16's predictions (after the epoch checkpoint at 14), with half the file written.
+_KILL_IN_PREDICTIONS_WRITE = """
+import os, signal, sys
+real_fsync = os.fsync
+def fsync(fd):
+    name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+    if name.startswith(".predictions-0-step-00000016.npz."):
+        os.ftruncate(fd, os.fstat(fd).st_size // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_fsync(fd)
+os.fsync = fsync
+from probekit.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="needs /proc to name the file being written")
+def test_sigkill_inside_a_predictions_write_leaves_no_complete_looking_file(tmp_path, uninterrupted, reference):
+    import numpy as np
+
+    out = tmp_path / "killed"
+    argv = [a for a in ARGS if a != "-m" and a != "probekit"]
+    proc = subprocess.run([sys.executable, "-c", _KILL_IN_PREDICTIONS_WRITE, *argv, "--out", str(out), "--save-predictions", "every-eval"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    parts = out / "checkpoints"
+    assert 16 in _steps(out) and not (out / "summary.json").exists() and not (out / "predictions.npz").exists()
+    assert not (parts / "predictions-0-step-00000016.npz").exists()   # the torn write never got the part's name
+    assert list(parts.glob(".predictions-0-step-00000016.npz.*.tmp"))  # it is a hidden temporary file
+    assert all((parts / f"predictions-0-step-{s:08d}.npz").exists() for s in range(0, 15, 2))  # those its log and checkpoint keep
+
+    resumed = _run(out, "--resume", "--save-predictions", "every-eval")
+    assert resumed.returncode == 0, resumed.stderr
+    assert _records(out) == reference
+    assert not list(parts.glob(".predictions-*.tmp"))
+    with np.load(out / "predictions.npz") as got, np.load(uninterrupted / "predictions.npz") as want:
+        assert sorted(got.files) == sorted(want.files) and list(got["steps"]) == list(range(0, 21, 2))
+        for key in want.files:
+            assert np.array_equal(got[key], want[key]), key
+    # resuming with the other --save-predictions is another configuration (its parts would not cover the log)
+    (out / "summary.json").unlink()
+    other = _run(out, "--resume")
+    assert other.returncode == 2 and "save_predictions" in other.stderr, other.stderr

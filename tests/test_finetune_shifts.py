@@ -58,3 +58,11 @@ def test_imagenet_r_is_scored_on_its_200_classes_and_er_uses_the_subset_id_accur
     assert record["id_eval"]["imagenet-r:test"] == shift.id_eval
     assert record["acc_ood"]["imagenet-r:test"] == pytest.approx(0.6)
     assert record["er"]["imagenet-r:test"] == pytest.approx(effective_robustness(0.75, 0.6, baseline))
+
+    # the predictions an evaluation keeps (--save-predictions every-eval) are the shift's: ImageNet-R labels 0..199
+    keeping = _Evaluator(evaluate.sets, evaluate.shifts, lambda x: x, Dist(), torch.device("cpu"), None, keep=["imagenet-r:test"])
+    keeping(OneHot())
+    assert set(keeping.kept) == {"imagenet-r:test"}  # not the ID views
+    kept = keeping.predictions(OneHot(), ["imagenet-r:test"])["imagenet-r:test"]
+    assert np.array_equal(kept, evaluate.predict(OneHot(), ["imagenet-r:test"])["imagenet-r:test"])
+    assert (kept == r_targets).mean() == pytest.approx(0.6) and kept.max() < 200

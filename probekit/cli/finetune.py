@@ -51,6 +51,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if --out holds a run or checkpoint")
     p.add_argument("--save-model", action="store_true", help="also write each final network's state dict to --out")
+    p.add_argument("--save-predictions", nargs="?", const="every-eval", default="end", choices=("end", "every-eval"),
+                   help="per-example OOD predictions (predictions.npz): 'end' (default) each network's final step, "
+                   "'every-eval' (or the bare flag, as in train-head) every evaluation of the log")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_data_root(p)
     add_device(p)
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size, baselines=list(args.baseline), max_steps=args.max_steps,
         precision=args.precision, channels_last=args.channels_last, device=args.device, workers=args.workers,
         data_root=args.data_root, resume=args.resume, overwrite=args.overwrite, save_model=args.save_model,
-        progress=not args.no_progress,
+        save_predictions=args.save_predictions, progress=not args.no_progress,
     )
     try:
         summary = finetune(cfg)

@@ -4,6 +4,17 @@ A checkpoint holds only tensors and plain containers (model and optimiser state,
 loss, which (lr, seed) combination and step it is at) plus the run's configuration fingerprint
 as JSON text, so resuming with another model or configuration is refused with the differing
 keys named, and the file is left as it was.
+
+Layouts (``version``; the state says it since version 3, earlier ones are told apart by their
+configuration):
+
+1. before the shared record layer (``config`` spells ``ood_sets``, ``baselines: {set: name}``,
+   ``baseline_fit``): refused on resume. Its log holds records of the older schema and its
+   data pipeline converted some images differently, so a continued run could not end with the
+   log an uninterrupted run writes; the message says to start afresh with ``--overwrite``.
+2. the record layer's ``config`` (``ood``, ``val_set``, ``baselines: {set: fit}``), no
+   ``save_predictions``: read, as ``save_predictions: "end"`` (what those runs did).
+3. version 2 plus ``format``, ``version`` and ``save_predictions`` in the configuration.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from probekit.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
+CHECKPOINT_FORMAT = "probekit-finetune-checkpoint"
+CHECKPOINT_VERSION = 3
 
 
 def fingerprint(config: dict) -> str:
@@ -48,13 +61,45 @@ def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); delete it or pass --overwrite to start afresh") from e
     if not isinstance(state, dict) or "config" not in state:
         raise UserError(f"{path} is not a probekit checkpoint; pass another --out or --overwrite to start afresh")
-    saved = json.loads(state["config"])
+    try:
+        saved = _current_config(path, state)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as e:  # a version or config that is not what probekit writes
+        raise UserError(f"{path} is not a probekit checkpoint ({type(e).__name__}); pass another --out or --overwrite to "
+                        "start afresh") from e
     if fingerprint(saved) != fingerprint(config):
         keys = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in keys[:3])
         raise UserError(f"checkpoint {path} belongs to another configuration ({detail}); rerun with the original "
                         f"options to resume, or choose another --out")
     return state
+
+
+def checkpoint_version(state: dict[str, Any]) -> int:
+    """The layout of a loaded checkpoint (see the module docstring); unversioned ones by their configuration."""
+    if "version" in state:
+        return int(state["version"])
+    return 1 if "ood_sets" in json.loads(state["config"]) else 2
+
+
+def _current_config(path: Path, state: dict[str, Any]) -> dict:
+    """The checkpoint's configuration in today's spelling, or a UserError saying why it cannot be continued."""
+    version = checkpoint_version(state)
+    if version > CHECKPOINT_VERSION:
+        raise UserError(f"checkpoint {path} was written by a newer probekit (checkpoint version {version}, this one reads "
+                        f"up to {CHECKPOINT_VERSION}); resume it with that probekit, or pass --overwrite instead of --resume "
+                        "to start the run afresh")
+    if version < 2:
+        raise UserError(f"checkpoint {path} was written by an earlier probekit (before every mode shared one run-record "
+                        "layout) and cannot be continued by this one; rerun the same command with --overwrite instead of "
+                        "--resume to start the run afresh (its folder is replaced only when the new run finishes)")
+    saved = json.loads(state["config"])
+    if not isinstance(saved, dict):
+        raise TypeError("its config is not a JSON object")
+    if version == 2:  # before --save-predictions: those runs saved each model's final predictions
+        saved.setdefault("save_predictions", "end")
+    return saved
 
 
 def _snapshot(obj: Any) -> Any:

@@ -5,11 +5,19 @@ every OOD set and, with a baseline, effective robustness. Checkpoints are writte
 epoch end, at the last step, and when SIGTERM / Ctrl-C asks the run to stop (after the
 current step). Data order, augmentation, dropout and the learning rate are pure functions of
 (seed, epoch, step), so ``resume=True`` continues a killed run and produces the same log.
+
+``predictions.npz`` (`probekit.records.write_predictions`) holds each model's predicted classes
+on every OOD set: at its final step (``save_predictions="end"``), or at every evaluation of the
+log (``"every-eval"``). Until the run ends they wait beside the checkpoint, one atomically
+written file per model (and step), written before the checkpoint that covers them, so a resumed
+run keeps exactly those of the evaluations its truncated log keeps.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +28,17 @@ import torch
 
 from probekit.errors import UserError
 from probekit.finetune import ddp
-from probekit.finetune.checkpoint import BackgroundSaver, checkpoint_path, load_checkpoint, save_checkpoint
+from probekit.finetune.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, BackgroundSaver, checkpoint_path, load_checkpoint,
+                                          save_checkpoint)
 from probekit.finetune.data import (ImageEvalSet, Normalize, ResizeCenterCrop, RowView, SeededSamples, StepBatches, TrainTransform,
                                     check_dataset_labels, eval_rows)
 from probekit.finetune.recipes import Recipe, default_recipe, get_recipe, lr_at
 from probekit.names import parse_dataset_split
 from probekit.runtime import PRECISIONS, Stopped, StopRequest, autocast, autocast_dtype, precision_name  # noqa: F401  (Stopped, PRECISIONS: the API)
 
+log = logging.getLogger(__name__)
+SAVE_PREDICTIONS = ("end", "every-eval")   # predictions.npz: each model's final step, or every evaluation of the log
+_PART = re.compile(r"predictions-(\d+)(?:-step-(\d+))?\.npz")
 
 
 @dataclass
@@ -65,6 +77,7 @@ class FinetuneConfig:
     resume: bool = False
     overwrite: bool = False
     save_model: bool = False
+    save_predictions: str = "end"     # predictions.npz at each model's final step ("end") or at every evaluation ("every-eval")
     progress: bool = True
     record_extra: dict = field(default_factory=dict)  # added to config.json and every record (an ablation cell's spec)
 
@@ -78,10 +91,12 @@ class _Evaluator:
 
     The records themselves come from `records.evaluation_records`, as in every other mode."""
 
-    def __init__(self, sets: dict[str, ImageEvalSet], shifts: dict, normalize, dist, device, amp):
+    def __init__(self, sets: dict[str, ImageEvalSet], shifts: dict, normalize, dist, device, amp, keep=()):
         self.sets = sets        # plan key -> ImageEvalSet (ID, each OOD set, each class-restricted ID view)
         self.shifts = shifts    # plan key -> (ClassSubsetShift, "ood" | "id") for shifted views
         self.normalize, self.dist, self.device, self.amp = normalize, dist, device, amp
+        self.keep = tuple(keep)  # OOD sets whose predictions the accuracy pass keeps (one process: it sees every row)
+        self.kept: dict[str, np.ndarray] = {}
 
     def _predictions(self, net, evalset: ImageEvalSet, shift, rank: int, world: int):
         from probekit.robustness.shifts import predict_shift
@@ -94,12 +109,17 @@ class _Evaluator:
         """Top-1 accuracy; with a class-subset shift, in the shift's label space (ID view: ImageNet labels mapped)."""
         shift, on = self.shifts.get(key, (None, "ood"))
         correct = torch.zeros(2, dtype=torch.float64, device=self.device)
+        keep = [] if key in self.keep and self.dist.world == 1 else None
         for pred, y in self._predictions(net, self.sets[key], shift, self.dist.rank, self.dist.world):
+            if keep is not None:
+                keep.append(pred.cpu())
             if on == "id":
                 y = torch.as_tensor(shift.map_id_labels(y))
             correct[0] += (pred == y.to(self.device)).sum()
             correct[1] += y.numel()
         ddp.all_sum(self.dist, correct)
+        if keep is not None:
+            self.kept[key] = torch.cat(keep).numpy() if keep else np.zeros(0, np.int64)
         total = float(correct[1])
         return float(correct[0]) / total if total else float("nan")
 
@@ -107,10 +127,17 @@ class _Evaluator:
     def __call__(self, net) -> dict[str, float]:
         was_training = net.training
         net.eval()
+        self.kept = {}
         try:
             return {key: self._accuracy(net, key) for key in self.sets}
         finally:
             net.train(was_training)
+
+    def predictions(self, net, names) -> dict[str, np.ndarray]:
+        """The predictions of `names` at the evaluation just made: kept from its pass, or predicted again (DDP)."""
+        if all(name in self.kept for name in names):
+            return {name: self.kept[name] for name in names}
+        return self.predict(net, names)
 
     @torch.no_grad()
     def predict(self, net, names) -> dict[str, np.ndarray]:
@@ -170,6 +197,8 @@ class _Run:
             raise UserError(f"--eval-every must be a positive number of steps, got {cfg.eval_every}")
         if cfg.max_steps is not None and cfg.max_steps < 1:
             raise UserError(f"--max-steps must be positive, got {cfg.max_steps}")
+        if cfg.save_predictions not in SAVE_PREDICTIONS:
+            raise UserError(f"--save-predictions must be one of {', '.join(SAVE_PREDICTIONS)}, got {cfg.save_predictions!r}")
         train_name, train_split = parse_dataset_split(cfg.train, "train")
         id_name, id_split = parse_dataset_split(cfg.id_test or train_name, "test")
         self.train_set = create_dataset(train_name, train_split, root=cfg.data_root)
@@ -235,8 +264,10 @@ class _Run:
                 view_shifts[v.id_key] = (v.shift, "id")
         baselines = match_baselines(list(cfg.baselines), [o.name for o in ood_sets], cache_dir=None)
         self.plan = with_baselines(EvalPlan(self.id_set.name, self.id_set.n, tuple(views)), baselines)
-        self.evaluate = _Evaluator(sets, view_shifts, self.normalize, dist, device, self.amp)
         self.ood_names = [o.name for o in ood_sets]
+        self.every_eval = cfg.save_predictions == "every-eval"
+        self.evaluate = _Evaluator(sets, view_shifts, self.normalize, dist, device, self.amp,
+                                   keep=self.ood_names if self.every_eval and dist.is_main else ())
 
         self.steps_per_epoch = len(self.train_items) // r.batch_size
         if self.steps_per_epoch < 1:
@@ -250,7 +281,7 @@ class _Run:
             "n_train": len(self.train_items), **plan_config(self.plan),
             "num_classes": num_classes, "input_size": size, "mean": list(self.first.mean), "std": list(self.first.std),
             "recipe": r.to_dict(), "eval_every": self.eval_every, "eval_subset": cfg.eval_subset,
-            "precision": precision_name(self.amp),
+            "precision": precision_name(self.amp), "save_predictions": cfg.save_predictions,
             "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, **cfg.record_extra,
         }, default=str))
         self.run_info = {"max_steps": cfg.max_steps, "device": str(device), "world_size": dist.world,
@@ -277,11 +308,15 @@ class _Run:
         if self.dist.is_main:
             writer = RunWriter(cfg.out, {**self.config, "run": self.run_info}, resume=cfg.resume, overwrite=cfg.overwrite)
             self.ckpt = checkpoint_path(writer.dir)  # a replacing run checkpoints in its own (staging) folder
-        if self.dist.is_main:  # prediction parts of heads the run will (re)train are stale
-            first = int(state["combo"]) if state is not None else 0
+        if self.dist.is_main:  # prediction parts of evaluations the run will redo are stale
+            first, upto = (int(state["combo"]), int(state["step"])) if state is not None else (0, -1)
             for part in self.ckpt.parent.glob("predictions-*.npz"):
-                if not part.stem.split("-")[-1].isdigit() or int(part.stem.split("-")[-1]) >= first:
+                m = _PART.fullmatch(part.name)
+                k = int(m[1]) if m else None
+                if k is None or k > first or (k == first and (m[2] is None or int(m[2]) > upto)):
                     part.unlink()
+            for tmp in self.ckpt.parent.glob(".predictions-*.tmp"):  # a write a kill interrupted (never renamed)
+                tmp.unlink()
         ddp.barrier(self.dist)
         if state is None:
             if writer is not None and cfg.resume:
@@ -327,14 +362,15 @@ class _Run:
                  "train_images_per_s": images / self.train_s if self.train_s > 0 else None, "checkpoint": str(self.ckpt)}
         summary = {"mode": "finetune", **extra}
         if writer is not None:
-            from probekit.records import merge_predictions, read_predictions, summarise_run, write_predictions
+            from probekit.records import summarise_run, write_predictions
             from probekit.runlog import LOG_FILE, read_records
 
             heads = [self._head(*c) for c in self.combos]
-            summary = summarise_run(list(read_records(writer.dir / LOG_FILE)), self.plan, mode="finetune", heads=heads, extra=extra)
-            parts = [self._predictions_part(k) for k in range(len(self.combos))]
-            if self.ood_names and all(p.exists() for p in parts):
-                write_predictions(writer.dir, merge_predictions([read_predictions(p) for p in parts]))
+            records = list(read_records(writer.dir / LOG_FILE))
+            summary = summarise_run(records, self.plan, mode="finetune", heads=heads, extra=extra)
+            predictions = self._run_predictions(records) if self.ood_names else None
+            if predictions is not None:
+                write_predictions(writer.dir, predictions)
             writer.finish(summary)
         ddp.barrier(self.dist)
         return summary
@@ -359,6 +395,7 @@ class _Run:
         if not self.dist.is_main:
             return
         self.saver.submit(self.ckpt, {
+            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
             "config": json.dumps(self.config), "combo": k, "head": self._head(*self.combos[k]), "step": step,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
             "loss_sum": loss_sum.detach().cpu(), "loss_count": loss_count,
@@ -404,6 +441,8 @@ class _Run:
             loss_count = 0
             if writer is not None:
                 writer.log(rec)
+            if self.every_eval and dist.is_main:  # before the checkpoint that covers this step
+                self._write_part(k, step, self.evaluate.predictions(model, self.ood_names), self._predictions_part(k, step))
             if pbar is not None:
                 pbar.set_postfix(acc_id=f"{rec['acc_id']:.3f}", refresh=False)
             self.eval_s += time.perf_counter() - t_eval
@@ -458,22 +497,53 @@ class _Run:
         self.train_s += time.perf_counter() - t_train - (self.eval_s - eval_before)
         if not last:  # resumed at the target: the final record is already in the log
             last = {"step": self.target}
-        if dist.is_main:
+        if dist.is_main and not self.every_eval:
             self._save_predictions(k, model)
         if cfg.save_model and dist.is_main:
             save_checkpoint(Path(cfg.out) / f"model_{head.replace('=', '').replace(',', '_')}.pt", model.state_dict())
         return last, n_images * dist.world
 
-    def _predictions_part(self, k: int) -> Path:
-        return self.ckpt.parent / f"predictions-{k}.npz"
+    def _predictions_part(self, k: int, step: int | None = None) -> Path:
+        """Model k's predictions beside the checkpoint: its final ones, or those of the evaluation at `step`."""
+        return self.ckpt.parent / (f"predictions-{k}.npz" if step is None else f"predictions-{k}-step-{step:08d}.npz")
 
-    def _save_predictions(self, k: int, model) -> None:
-        """The final model's predicted classes on every OOD set (all rows), kept beside the checkpoint until the run ends."""
+    def _write_part(self, k: int, step: int, predicted: dict[str, np.ndarray], path: Path) -> None:
+        """One evaluation's predicted classes on every OOD set (all its rows), in the predictions.npz layout, atomically."""
         from probekit.records import Predictions, write_predictions
 
-        if not self.ood_names or self._predictions_part(k).exists():
+        if not self.ood_names:
             return
         preds = Predictions(heads=[self._head(*self.combos[k])])
-        preds.add(self.target, {name: p[None] for name, p in self.evaluate.predict(model, self.ood_names).items()})
+        preds.add(step, {name: np.asarray(predicted[name])[None] for name in self.ood_names})
         preds.index = {name: self.evaluate.sets[name].rows for name in self.ood_names}
-        write_predictions(self._predictions_part(k), preds)
+        write_predictions(path, preds)
+
+    def _save_predictions(self, k: int, model) -> None:
+        """The final model's predicted classes on every OOD set, kept beside the checkpoint until the run ends."""
+        if self.ood_names and not self._predictions_part(k).exists():
+            self._write_part(k, self.target, self.evaluate.predict(model, self.ood_names), self._predictions_part(k))
+
+    def _run_predictions(self, records: list[dict]):
+        """The run's predictions.npz content: every model's parts, steps in log order, heads in run order.
+
+        With ``every-eval`` each model needs the part of every step its log holds; a missing one
+        (a part deleted by hand) leaves the run without predictions.npz rather than with a file
+        that silently lacks evaluations."""
+        from probekit.records import Predictions, merge_predictions, read_predictions
+
+        models = []
+        for k, combo in enumerate(self.combos):
+            head = self._head(*combo)
+            steps = [r["step"] for r in records if r.get("head") == head] if self.every_eval else [None]
+            paths = [self._predictions_part(k, s) for s in steps]
+            missing = [p.name for p in paths if not p.exists()]
+            if missing or not paths:
+                log.warning("no predictions.npz written: %s lacks %s of %s", self.ckpt.parent, ", ".join(missing[:3]) or "every part", head)
+                return None
+            parts = [read_predictions(p) for p in paths]
+            models.append(Predictions([s for p in parts for s in p.steps], list(parts[0].heads),
+                                      {name: [a for p in parts for a in p.sets[name]] for name in parts[0].sets}, dict(parts[0].index)))
+        if any(m.steps != models[0].steps for m in models):
+            log.warning("no predictions.npz written: the models of %s were evaluated at different steps", self.cfg.out)
+            return None
+        return merge_predictions(models)

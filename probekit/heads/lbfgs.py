@@ -19,7 +19,8 @@ Speed (docs/benchmarks.md) comes from
    ``tol`` (default also 1e-4) continues only the chosen λ, from the same L-BFGS state;
 4. float32 GEMMs with float64 softmax and sums, two products per evaluation, row-chunked
    (``dtype="auto"`` picks them for ``tol ≥ 1e-7`` and float64 products below);
-5. the L-BFGS history as matrices and all records of an evaluation scored in one product.
+5. the L-BFGS history as matrices, and records scored up to 32 iterates at a time in one
+   product (the callback gets them in order, at most 32 iterations late; L-BFGS runs do not resume).
 
 `converged_[λ]` is True only when max |∇| of the *mean* objective (sklearn's ``tol``
 criterion) reached the tolerance that λ was solved to (``tol_[λ]``); ``stop_reason_[λ]``
@@ -54,7 +55,8 @@ from probekit.heads.sgd import EvalPoint
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 7, 10))
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ROUNDING = {"float64": 1e-10, "float32": 1e-6}  # relative level of f below which Armijo is unreliable
-FLOAT32_TOL = 1e-7  # dtype="auto": float32 products reach max |∇| ≤ 1e-7 on typical features; below it, float64
+FLOAT32_TOL = 1e-7
+RECORD_BATCH, RECORD_BYTES = 32, 1 << 28  # records scored together: at most 32 iterates or 256 MB of them  # dtype="auto": float32 products reach max |∇| ≤ 1e-7 on typical features; below it, float64
 
 
 def l2_id(l2: float, refit: bool = False) -> str:
@@ -225,18 +227,31 @@ class LBFGSLogistic(SingleHead):
             s.curvature = curv
             return s
 
-        def report(data: LogisticData, solves: list[_Solve]) -> None:
-            if callback is None or not solves:
+        pending: list[tuple] = []  # records waiting for one batched scoring product
+        per_batch = max(1, min(RECORD_BATCH, RECORD_BYTES // max(1, 8 * theta0.numel())))
+
+        def flush() -> None:
+            if not pending:
                 return
-            T = torch.stack([s.state.x for s in solves])
+            T = torch.stack([snap[0] for snap in pending])
             W, b = T[:, : D * C].view(-1, D, C), T[:, D * C:]
             acc = evaluate_all(sets, W, b)
-            for i, s in enumerate(solves):
+            for i, (_, step, evals, f, extra) in enumerate(pending):
+                callback(EvalPoint(step, evals, np.array([f]), {k: v[i:i + 1] for k, v in acc.items()},
+                                   extra, W[i:i + 1], b[i:i + 1]))
+            pending.clear()
+
+        def report(data: LogisticData, solves: list[_Solve]) -> None:
+            """Queue a record of each solve's current iterate; scored `per_batch` at a time (`flush`)."""
+            if callback is None:
+                return
+            for s in solves:
                 s.recorded = s.state.iterations
-                callback(EvalPoint(s.state.iterations, float(s.evaluations), np.array([s.state.f]),
-                                   {k: v[i:i + 1] for k, v in acc.items()},
-                                   {"l2": s.l2, "objective": s.state.f * data.N, "grad_max": s.state.grad_max,
-                                    "refit": s.refit}, W[i:i + 1], b[i:i + 1]))
+                pending.append((s.state.x, s.state.iterations, float(s.evaluations), s.state.f,
+                                {"l2": s.l2, "objective": s.state.f * data.N, "grad_max": s.state.grad_max,
+                                 "refit": s.refit}))
+            if len(pending) >= per_batch:
+                flush()
 
         def drive(data: LogisticData, solves: list[_Solve], tol: float) -> None:
             """Run `solves` to `tol` together: each round evaluates all their trial points in one product."""
@@ -245,17 +260,22 @@ class LBFGSLogistic(SingleHead):
                 s.start(tol, int(self.max_iter))
             report(data, [s for s in solves if s.recorded < 0])
             active = [s for s in solves if s.active]
-            while active:
-                res = evaluate(data, [s.request for s in active], [s.l2 for s in active])
-                due = []
-                for s, (f, g, curv) in zip(active, res):
-                    s.evaluations += 1
-                    s.curvature = curv
-                    done = s.advance((f, g))
-                    if (every and any(it % every == 0 for it in done)) or (not s.active and s.recorded != s.state.iterations):
-                        due.append(s)
-                report(data, due)
-                active = [s for s in active if s.active]
+            try:
+                while active:
+                    res = evaluate(data, [s.request for s in active], [s.l2 for s in active])
+                    due = []
+                    for s, (f, g, curv) in zip(active, res):
+                        s.evaluations += 1
+                        s.curvature = curv
+                        done = s.advance((f, g))
+                        if (every and any(it % every == 0 for it in done)) or (not s.active and s.recorded != s.state.iterations):
+                            due.append(s)
+                    report(data, due)
+                    active = [s for s in active if s.active]
+            except KeyboardInterrupt:  # hand over what was computed before stopping
+                flush()
+                raise
+            flush()
 
         select_tol = float(self.tol) if self.select_tol is None or len(grid) == 1 else max(float(self.select_tol), float(self.tol))
         self.l2_grid_ = grid

@@ -403,6 +403,16 @@ def head_steps(sizes: Sequence[int], batch_size: int, epochs: float, budget: str
     return np.full(len(sizes), own.max()) if budget == "steps" else own
 
 
+def softmax_lse(L: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logsumexp, softmax)`` of `L` along `dim` (kept), sharing one exp: the step's
+    elementwise work is ~1.8× less than `torch.logsumexp` then `exp` (10 × 10 × 1,638, float32).
+    (The float64 L-BFGS objective keeps `torch.logsumexp`: its tightest tolerances need its rounding.)"""
+    m = L.amax(dim, keepdim=True)
+    e = (L - m).exp_()
+    total = e.sum(dim, keepdim=True)
+    return m + total.log(), e.div_(total)
+
+
 DENSE_CHUNK_ELEMS = 1 << 21  # rows × max(D, H·C) per chunk of the dense pass
 DENSE_BATCH_FRACTION = 2.0  # one wide product over all N rows when the heads' batches hold ≥ 2 N rows in all
 
@@ -417,10 +427,9 @@ def _gathered_grads(Xs, yt, W, b, idx, valid, nb, rows: int):
         sub = idx[:, s:s + rows]
         Xb = Xs[sub].float()  # [H, r, D]
         logits = torch.baddbmm(b.unsqueeze(1), Xb, W)  # [H, r, C]
-        lse = torch.logsumexp(logits, -1)
+        lse, p = softmax_lse(logits, -1)
         yb = yt[sub]  # [H, r]
-        nll = lse - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)
-        p = torch.softmax(logits, -1)
+        nll = lse.squeeze(-1) - logits.gather(-1, yb.unsqueeze(-1)).squeeze(-1)
         p.scatter_add_(-1, yb.unsqueeze(-1), torch.full_like(yb, -1, dtype=p.dtype).unsqueeze(-1))
         if valid is not None:  # padding rows of heads with a shorter (or no) batch count zero
             v = valid[:, s:s + rows]
@@ -458,10 +467,9 @@ def _dense_grads(Xs, yt, W, b, idx, valid, nb, max_elems: int):
         Xc, yc = Xs[s:s + rows].float(), yt[s:s + rows]
         r = Xc.shape[0]
         logits = (Wt @ Xc.T).view(H, C, r) + b[:, :, None]
-        lse = torch.logsumexp(logits, 1, keepdim=True)
+        lse, p = softmax_lse(logits, 1)
         pick = yc.view(1, 1, r).expand(H, 1, r)
         loss += ((lse - logits.gather(1, pick)).squeeze(1) * wc).sum(1)
-        p = torch.exp(logits - lse)
         p.scatter_add_(1, pick, torch.full((H, 1, r), -1.0, device=W.device))
         p *= wc[:, None, :]
         gW += p.view(H * C, r) @ Xc

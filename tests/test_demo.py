@@ -25,7 +25,11 @@ def test_demo_writes_runs_figures_and_summary(demo):
     for figure in ("id_vs_ood.png", "id_vs_ood.svg", "er_curves.png", "er_curves.svg"):
         assert (out / figure).stat().st_size > 1000, figure
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["baseline"]["n"] >= 5 and summary["baseline"]["transform"] == "logit"
+    b = summary["baseline"]
+    assert b["transform"] == "logit" and b["n"] >= 10 and b["r"] >= 0.9  # a line worth measuring against, even in --quick
+    ids = [p["id"] for p in b["points"]]
+    assert min(ids) < 0.5 and max(ids) > 0.85  # spread over the ID range
+    assert f"Pearson r = {b['r']:.3f} (n = {b['n']})" in (out / "summary.md").read_text()
     runs = {row["run"] for row in summary["rows"]}
     assert runs == {"heads-sgd", "heads-lbfgs", "finetune"}
     for row in summary["rows"]:

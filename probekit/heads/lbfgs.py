@@ -55,8 +55,8 @@ from probekit.heads.sgd import EvalPoint
 DEFAULT_L2_GRID = tuple(float(v) for v in np.logspace(-6, 7, 10))
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ROUNDING = {"float64": 1e-10, "float32": 1e-6}  # relative level of f below which Armijo is unreliable
-FLOAT32_TOL = 1e-7
-RECORD_BATCH, RECORD_BYTES = 32, 1 << 28  # records scored together: at most 32 iterates or 256 MB of them  # dtype="auto": float32 products reach max |∇| ≤ 1e-7 on typical features; below it, float64
+FLOAT32_TOL = 1e-7  # dtype="auto": float32 products reach max |∇| ≤ 1e-7 on typical features; below it, float64
+RECORD_BATCH, RECORD_BYTES = 32, 1 << 28  # records scored together: at most 32 iterates or 256 MB of them
 
 
 def l2_id(l2: float, refit: bool = False) -> str:

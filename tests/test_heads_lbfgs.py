@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from probekit.errors import UserError
 from probekit.heads.lbfgs import DEFAULT_L2_GRID, LBFGSLogistic, logistic_objective, stratified_split
-from probekit.heads.logistic import CovariancePreconditioner, LogisticData
+from probekit.heads.logistic import KroneckerPreconditioner, LogisticData
 from probekit.heads.optim import LBFGS, wolfe_search
 
 
@@ -173,16 +173,32 @@ def test_line_search_meets_wolfe_conditions():
     assert f <= f0 + 1e-4 * t * d0 and float(g[0]) >= 0.9 * d0
 
 
-def test_preconditioner_is_symmetric_positive_definite():
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_preconditioner_is_symmetric_positive_definite(n_classes):
     rng = np.random.default_rng(2)
     X = torch.tensor(rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)) + 3.0)
-    y = torch.tensor(rng.integers(0, 3, 200))
-    data = LogisticData(X, y, 3, torch.float64)
+    y = torch.tensor(rng.integers(0, n_classes, 200))
+    data = LogisticData(X, y, n_classes, torch.float64)
     mu = data.mean()
-    M = CovariancePreconditioner(*data.spectrum(mu), mu, 3, 1e-3, 0.2)
-    E = torch.stack([M(e) for e in torch.eye(21, dtype=torch.float64)])
+    W, b = torch.tensor(rng.normal(size=(1, 6, n_classes))), torch.tensor(rng.normal(size=(1, n_classes)))
+    M = KroneckerPreconditioner(*data.spectrum(mu), mu, data.softmax_curvature(W, b)[0], 1e-3)
+    n = 6 * n_classes + n_classes
+    E = torch.stack([M(e) for e in torch.eye(n, dtype=torch.float64)])
     torch.testing.assert_close(E, E.T, rtol=1e-9, atol=1e-9)
     assert torch.linalg.eigvalsh(E).min() > 0
+    assert M.mean_gain == 1e3
+
+
+def test_softmax_curvature_is_the_mean_softmax_hessian():
+    rng = np.random.default_rng(4)
+    X = torch.tensor(rng.normal(size=(300, 5)), dtype=torch.float32)
+    W, b = torch.tensor(rng.normal(size=(2, 5, 4))), torch.tensor(rng.normal(size=(2, 4)))
+    A = LogisticData(X, torch.zeros(300, dtype=torch.long), 4, torch.float64, chunk_elems=50).softmax_curvature(W, b)
+    for k in range(2):
+        P = torch.softmax(X.double() @ W[k] + b[k], 1)
+        want = torch.stack([torch.diag(p) - torch.outer(p, p) for p in P]).mean(0)
+        torch.testing.assert_close(A[k], want, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(A[k].sum(1), torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-12)
 
 
 def test_chunked_evaluation_equals_unchunked():

@@ -12,8 +12,9 @@ same problem is then **C = 2/λ**. The CLIP recipe (DESIGN.md) sweeps ten log-sp
 1e-6 to 1e7 and picks λ by validation accuracy.
 
 Speed (docs/benchmarks.md) comes from
-1. a preconditioner from the feature covariance (`logistic.CovariancePreconditioner`),
-   computed once for the grid: raw L-BFGS spends most of its iterations on feature scale;
+1. a Kronecker preconditioner (`logistic.KroneckerPreconditioner`): the feature covariance,
+   computed once for the grid, times each λ's softmax curvature between classes, computed at
+   its warm start: raw L-BFGS spends most of its iterations on feature scale and class curvature;
 2. warm starts along the grid, strongest λ first (the regularisation path);
 3. every λ solved to ``select_tol`` (sklearn's default 1e-4, enough to *choose* λ); a smaller
    ``tol`` (default also 1e-4) continues only the chosen λ, from the same L-BFGS state;
@@ -48,7 +49,7 @@ from probekit.heads.evaluation import (
     make_eval_sets,
     to_tensor,
 )
-from probekit.heads.logistic import CovariancePreconditioner, LogisticData
+from probekit.heads.logistic import KroneckerPreconditioner, LogisticData
 from probekit.heads.optim import LBFGS
 from probekit.heads.sgd import EvalPoint
 
@@ -88,7 +89,6 @@ class _Solve:
         self.l2, self.state, self.refit = l2, state, refit
         self.evaluations = 0
         self.seconds = 0.0  # wall clock of its solve
-        self.curvature = 1.0  # mean softmax curvature at the last evaluation (the next λ's preconditioner)
         self.recorded = -1  # last iteration handed to the callback
         self.request: torch.Tensor | None = None
         self.gen = None
@@ -213,19 +213,24 @@ class LBFGSLogistic(SingleHead):
         spectrum = data.spectrum(mu) if self.precondition else None
         eps_f = ROUNDING[self.dtype_]
 
-        def evaluate(data: LogisticData, thetas: list[torch.Tensor], l2s: list[float]):
-            T = torch.stack(thetas)
-            W, b = T[:, : D * C].view(-1, D, C), T[:, D * C:]
-            f, gW, gb, curv = data.evaluate(W, b, torch.tensor(l2s, dtype=torch.float64, device=dev))
-            g = torch.cat([gW.reshape(len(thetas), -1), gb], 1)
-            return [(float(f[i]), g[i], float(curv[i])) for i in range(len(thetas))]
+        def split(T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return T[:, : D * C].view(-1, D, C), T[:, D * C:]
 
-        def new_solve(data: LogisticData, l2: float, theta, fgc, refit=False) -> _Solve:
-            f, g, curv = fgc
-            M = CovariancePreconditioner(*spectrum, mu, C, l2 / data.N, curv) if spectrum else None
-            s = _Solve(l2, LBFGS(theta, f, g, history=int(self.history), precondition=M, eps_f=eps_f), refit)
-            s.curvature = curv
-            return s
+        def evaluate(data: LogisticData, thetas: list[torch.Tensor], l2s: list[float]):
+            f, gW, gb = data.evaluate(*split(torch.stack(thetas)), torch.tensor(l2s, dtype=torch.float64, device=dev))
+            g = torch.cat([gW.reshape(len(thetas), -1), gb], 1)
+            return [(float(f[i]), g[i]) for i in range(len(thetas))]
+
+        def new_solve(l2: float, theta, fg, refit=False) -> _Solve:
+            return _Solve(l2, LBFGS(theta, *fg, history=int(self.history), eps_f=eps_f), refit)
+
+        def precondition(data: LogisticData, solves: list[_Solve], tol: float) -> None:
+            """Give each solve that has work to do its λ's preconditioner, from the curvature at its start."""
+            todo = [s for s in solves if spectrum and not s.state.preconditioned and s.state.grad_max > tol]
+            if todo:
+                A = data.softmax_curvature(*split(torch.stack([s.state.x for s in todo])))
+                for s, a in zip(todo, A):
+                    s.state.set_preconditioner(KroneckerPreconditioner(*spectrum, mu, a, s.l2 / data.N))
 
         pending: list[tuple] = []  # records waiting for one batched scoring product
         per_batch = max(1, min(RECORD_BATCH, RECORD_BYTES // max(1, 8 * theta0.numel())))
@@ -256,6 +261,7 @@ class LBFGSLogistic(SingleHead):
         def drive(data: LogisticData, solves: list[_Solve], tol: float) -> None:
             """Run `solves` to `tol` together: each round evaluates all their trial points in one product."""
             every = int(self.eval_every)
+            precondition(data, solves, tol)
             for s in solves:
                 s.start(tol, int(self.max_iter))
             report(data, [s for s in solves if s.recorded < 0])
@@ -264,9 +270,8 @@ class LBFGSLogistic(SingleHead):
                 while active:
                     res = evaluate(data, [s.request for s in active], [s.l2 for s in active])
                     due = []
-                    for s, (f, g, curv) in zip(active, res):
+                    for s, (f, g) in zip(active, res):
                         s.evaluations += 1
-                        s.curvature = curv
                         done = s.advance((f, g))
                         if (every and any(it % every == 0 for it in done)) or (not s.active and s.recorded != s.state.iterations):
                             due.append(s)
@@ -282,10 +287,10 @@ class LBFGSLogistic(SingleHead):
         solves: list[_Solve] = []
         for l2 in grid:
             if solves and self.warm_start:  # the previous solution, re-scored for this λ without a pass over the data
-                theta, fgc = solves[-1].state.x, _rescore(solves[-1], l2, D * C, data.N)
+                theta, fg = solves[-1].state.x, _rescore(solves[-1], l2, D * C, data.N)
             else:
-                theta, fgc = theta0, evaluate(data, [theta0], [l2])[0]
-            s = new_solve(data, l2, theta, fgc)
+                theta, fg = theta0, evaluate(data, [theta0], [l2])[0]
+            s = new_solve(l2, theta, fg)
             t = time.perf_counter()
             drive(data, [s], select_tol)
             s.seconds = time.perf_counter() - t
@@ -318,7 +323,7 @@ class LBFGSLogistic(SingleHead):
         final = chosen.state.x
         if self.refit and val_set is not None:
             full = LogisticData(torch.cat([data.X, val_set.X.to(storage)]), torch.cat([data.y, val_set.y]), C, dt)
-            r = new_solve(full, self.chosen_l2_, final, evaluate(full, [final], [self.chosen_l2_])[0], refit=True)
+            r = new_solve(self.chosen_l2_, final, evaluate(full, [final], [self.chosen_l2_])[0], refit=True)
             drive(full, [r], float(self.tol))
             final = r.state.x
             self.refit_objective_, self.refit_n_iter_ = r.state.f * full.N, r.state.iterations
@@ -350,12 +355,12 @@ class LBFGSLogistic(SingleHead):
 
 
 def _rescore(prev: _Solve, l2: float, n_weights: int, N: int):
-    """(f, g, curvature) of the previous λ's solution under a new λ: only the penalty term changes."""
+    """(f, g) of the previous λ's solution under a new λ: only the penalty term changes."""
     x, delta = prev.state.x, l2 - prev.l2
     f = prev.state.f + 0.5 * delta * float((x[:n_weights] ** 2).sum()) / N
     g = prev.state.g.clone()
     g[:n_weights] += delta / N * x[:n_weights]
-    return f, g, prev.curvature
+    return f, g
 
 
 def logistic_objective(X, y, coef, intercept, l2: float) -> float:

@@ -9,11 +9,14 @@ product and one ``Pᵀ [k·C, r] @ X [r, D]`` product per row chunk, in the comp
 (float32 by default: the GEMMs are ~2× faster than float64), with the softmax, the loss and
 every sum over rows in float64. Row chunks bound the memory however large N is.
 
-`CovariancePreconditioner` approximates the inverse Hessian from the feature covariance
-``Σ = U diag(s) Uᵀ`` (computed once, shared by every λ): with centred features the Hessian
-is roughly ``(a Σ + λ/N) ⊗ I_C`` for the weights and ``a`` for the bias, ``a`` the mean
-softmax curvature. Preconditioning by its inverse removes the feature scaling and
-correlation that make raw L-BFGS slow.
+`KroneckerPreconditioner` approximates the inverse Hessian by a Kronecker product: with
+centred features the Hessian of the weights is roughly ``Σ ⊗ A + (λ/N) I``, where
+``Σ = U diag(s) Uᵀ`` is the feature covariance (computed once, shared by every λ) and ``A``
+the mean softmax curvature ``mean_i (diag(pᵢ) − pᵢpᵢᵀ)`` (``[C, C]``, one per λ, from its
+warm start). Preconditioning by its inverse removes the feature scaling and correlation and
+the unequal curvature of the classes (confusable classes curve far more than easy ones):
+on 54,000 Fashion-MNIST Lite0 rows it cut the ten-λ sweep from 310 to 192 iterations
+against a scalar curvature ``a Σ ⊗ I``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 F64 = torch.float64
 FLOOR = 1e-4  # eigenvalues of Σ are raised to FLOOR × their mean in the preconditioner
+CLASS_FLOOR = 1e-3  # eigenvalues of A (off the class-mean direction) are raised to CLASS_FLOOR × their mean
 
 
 class LogisticData:
@@ -52,12 +56,11 @@ class LogisticData:
         return total / self.N
 
     def evaluate(self, W: torch.Tensor, b: torch.Tensor, l2: torch.Tensor):
-        """``(f [k], gW [k, D, C], gb [k, C], curvature [k])`` for heads ``W [k, D, C]``, ``b [k, C]`` (float64).
+        """``(f [k], gW [k, D, C], gb [k, C])`` for heads ``W [k, D, C]``, ``b [k, C]`` (float64).
 
-        `curvature` is the mean softmax curvature ``mean_i (1 − Σ_c p_ic²) / (C − 1)`` (the
-        preconditioner's ``a``). The cross-entropy part of the gradient sums to zero over
-        classes in exact arithmetic; that is enforced, so rounding cannot leak into the
-        class-mean direction that only the penalty controls.
+        The cross-entropy part of the gradient sums to zero over classes in exact arithmetic;
+        that is enforced, so rounding cannot leak into the class-mean direction that only the
+        penalty controls.
 
         Logits are computed class-major, ``Wᵀ [k·C, D] @ Xcᵀ``, and the gradient as
         ``P [k·C, r] @ Xc``: with a few output columns both products then run at the speed
@@ -68,7 +71,6 @@ class LogisticData:
         self.evaluations += k
         Wt = W.transpose(1, 2).reshape(k * C, D).to(self.dtype)
         ce = torch.zeros(k, dtype=F64, device=W.device)
-        curv = torch.zeros(k, dtype=F64, device=W.device)
         gW = torch.zeros(k * C, D, dtype=F64, device=W.device)
         gb = torch.zeros(k, C, dtype=F64, device=W.device)
         for Xc, yc in self._chunks(k * C):
@@ -78,7 +80,6 @@ class LogisticData:
             pick = yc.view(1, 1, r).expand(k, 1, r)
             ce += (lse - L.gather(1, pick)).sum((1, 2))
             P = torch.exp(L - lse)
-            curv += (1.0 - (P * P).sum(1)).sum(1)
             P.scatter_add_(1, pick, torch.full((k, 1, r), -1.0, dtype=F64, device=W.device))
             gb += P.sum(2)
             gW += (P.view(k * C, r).to(self.dtype) @ Xc).to(F64)
@@ -88,8 +89,22 @@ class LogisticData:
         sq = (W * W).sum((1, 2))
         f = (ce + 0.5 * l2 * sq) / self.N
         gW = (gW + l2[:, None, None] * W) / self.N
-        curv = curv / (self.N * (C - 1)) if C > 1 else torch.ones_like(curv)
-        return f, gW, gb / self.N, curv
+        return f, gW, gb / self.N
+
+    def softmax_curvature(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``A [k, C, C] = mean_i (diag(pᵢ) − pᵢpᵢᵀ)`` (float64) for heads ``W [k, D, C]``, ``b [k, C]``.
+
+        The class factor of the Kronecker preconditioner: one pass of logits (half an
+        evaluation), asked for once per λ that needs iterations."""
+        k, D, C = W.shape
+        Wt = W.transpose(1, 2).reshape(k * C, D).to(self.dtype)
+        A = torch.zeros(k, C, C, dtype=F64, device=W.device)
+        for Xc, _ in self._chunks(k * C):
+            L = (Wt @ Xc.T).to(F64).view(k, C, -1) + b[:, :, None]
+            P = torch.softmax(L, 1)
+            A -= P @ P.transpose(1, 2)
+            A.diagonal(dim1=1, dim2=2).add_(P.sum(2))
+        return A / self.N
 
     def spectrum(self, mu: torch.Tensor, max_rows: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigenvectors ``U [D, D]`` and eigenvalues ``s [D]`` (float64) of the centred feature covariance.
@@ -104,30 +119,43 @@ class LogisticData:
         return U, s.clamp(min=0)
 
 
-class CovariancePreconditioner:
+class KroneckerPreconditioner:
     """``M ≈ H⁻¹`` for one λ on the flat parameter vector ``[W (D·C, row-major), b (C)]``.
 
-    In the centred coordinates ``(W, c = b + Wᵀμ)`` the Hessian is ≈ ``(a Σ + λ/N) ⊗ I`` for
-    W (exactly ``λ/N`` along the class-mean direction, where the loss is flat) and ``a`` for
-    c; ``M`` applies its inverse and maps back. Eigenvalues below ``floor · mean(s)`` are
-    raised to it, so directions of (nearly) no variance in the sample are not over-stepped.
+    In the centred coordinates ``(W, c = b + Wᵀμ)`` the Hessian is ≈ ``Σ ⊗ A + (λ/N) I`` for
+    W (exactly ``λ/N`` along the class-mean direction, where the loss is flat) and ``A`` for c;
+    ``M`` applies its inverse in the eigenbases of Σ and A and maps back. Eigenvalues of Σ
+    below ``floor · mean(s)`` and of A below ``class_floor · mean`` are raised to those
+    levels, so directions of (nearly) no variance or curvature in the sample are not over-stepped.
     """
 
-    def __init__(self, U: torch.Tensor, s: torch.Tensor, mu: torch.Tensor, n_classes: int, l2_over_n: float,
-                 curvature: float, floor: float = FLOOR):
-        self.U, self.Ut, self.mu, self.C = U, U.T.contiguous(), mu, int(n_classes)
-        self.a = max(float(curvature), 1e-4)
+    def __init__(self, U: torch.Tensor, s: torch.Tensor, mu: torch.Tensor, A: torch.Tensor, l2_over_n: float,
+                 floor: float = FLOOR, class_floor: float = CLASS_FLOOR):
+        self.U, self.Ut, self.mu = U, U.T.contiguous(), mu
+        self.D, self.C = U.shape[0], A.shape[0]
+        C = self.C
+        ones = torch.full((C, C), 1.0 / C, dtype=F64, device=A.device)
+        alpha, Q = torch.linalg.eigh(0.5 * (A + A.T) + ones)  # A·1 = 0: the class mean gets eigenvalue 1, set aside below
+        mean_dir = torch.argmax((Q.sum(0) ** 2))
+        keep = torch.ones(C, dtype=torch.bool, device=A.device)
+        keep[mean_dir] = False
+        alpha = alpha.clamp(min=0)
+        if C > 1:
+            alpha = alpha.clamp(min=max(class_floor * float(alpha[keep].mean()), 1e-12))
+        # the class mean of the bias is flat (its gradient is 0): any positive gain keeps M definite
+        alpha[mean_dir] = float(alpha[keep].mean()) if C > 1 else 1.0
+        self.Q, self.Qt = Q, Q.T.contiguous()
         s = s.clamp(min=floor * float(s.mean()) if s.numel() else 0.0)
-        self.d = 1.0 / (self.a * s + l2_over_n)
+        self.d = torch.where(keep[None, :], 1.0 / (s[:, None] * alpha[None, :] + l2_over_n), torch.zeros(1, dtype=F64, device=A.device))
+        self.bias_d = 1.0 / alpha
         self.mean_gain = 1.0 / l2_over_n
-        self.D = U.shape[0]
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         D, C = self.D, self.C
         gW, gb = v[: D * C].view(D, C), v[D * C:]
         gW = gW - self.mu[:, None] * gb[None, :]  # gradient w.r.t. the centred weights
         m = gW.mean(1, keepdim=True)
-        dW = self.U @ (self.d[:, None] * (self.Ut @ (gW - m))) + self.mean_gain * m
-        dc = gb / self.a
+        dW = self.U @ (self.d * (self.Ut @ (gW - m) @ self.Q)) @ self.Qt + self.mean_gain * m
+        dc = self.Q @ (self.bias_d * (self.Qt @ gb))
         db = dc - self.mu @ dW
         return torch.cat([dW.reshape(-1), db])

@@ -16,7 +16,7 @@ problem at a time, with the same code.
   approximate Wolfe test, which needs only directional derivatives.
 * A solve stops for one stated reason: ``"gtol"`` (max |∇f| ≤ tol, the only reason that
   counts as converged), ``"max_iter"``, ``"ftol"`` (relative change of f below 1e-15 ·
-  max(|f|, |f_new|): truly relative) or ``"line_search"`` (no acceptable step exists at
+  max(|f|, |f_new|): truly relative; twice in a row, the second time right after dropping the pairs) or ``"line_search"`` (no acceptable step exists at
   this precision).
 """
 
@@ -94,9 +94,6 @@ class LBFGS:
     def __init__(self, x: torch.Tensor, f: float, g: torch.Tensor, *, history: int = 10,
                  precondition: Callable[[torch.Tensor], torch.Tensor] | None = None, eps_f: float = 1e-12):
         self.x, self.f, self.g = x, f, g
-        self.M = precondition or (lambda v: v)
-        self.Mg = self.M(g)  # kept with g: M is linear, so M y = M g_new − M g_old costs no second apply
-        self.preconditioned = precondition is not None  # then -M g is Newton-like and the first step is 1
         self.eps_f = eps_f
         n, m = x.numel(), max(1, int(history))
         self.S = x.new_zeros(m, n)
@@ -105,6 +102,14 @@ class LBFGS:
         self.order: list[int] = []  # slots of S / Y, oldest first
         self.iterations = 0
         self.stop_reason: str | None = None
+        self.set_preconditioner(precondition)
+
+    def set_preconditioner(self, precondition: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        """Use ``H0 = γ M`` from now on (the pairs are dropped: they were scaled for the old M)."""
+        self.M = precondition or (lambda v: v)
+        self.Mg = self.M(self.g)  # kept with g: M is linear, so M y = M g_new − M g_old costs no second apply
+        self.preconditioned = precondition is not None  # then -M g is Newton-like and the first step is 1
+        self.reset()
 
     @property
     def grad_max(self) -> float:
@@ -146,6 +151,7 @@ class LBFGS:
         Resumable: a later `run` with a smaller `tol` continues from the same iterate and
         pairs. ``self.iterations`` counts accepted steps over all runs.
         """
+        restarted = False  # the last step came right after a restart for lack of progress
         while True:
             if self.grad_max <= tol:
                 self.stop_reason = "gtol"
@@ -184,6 +190,10 @@ class LBFGS:
             self.x, self.f, self.g, self.Mg = self.x + s, f_new, g_new, Mg_new
             self.iterations += 1
             yield None  # an iteration is complete (the driver may record it)
-            if abs(f_old - f_new) <= FTOL * max(abs(f_old), abs(f_new)) and self.grad_max > tol:
+            stalled = abs(f_old - f_new) <= FTOL * max(abs(f_old), abs(f_new)) and self.grad_max > tol
+            if stalled and not restarted:  # the pairs may have gone stale: one more try along M g
+                self.reset()
+            elif stalled:
                 self.stop_reason = "ftol"
                 return self.stop_reason
+            restarted = stalled

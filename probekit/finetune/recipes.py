@@ -5,7 +5,7 @@ weight decay 1e-4, batch 64; 100 epochs with lr in {0.01, 0.001, 0.0001} from pr
 250 epochs with lr in {0.1, 0.01} from random init; five seeds. Augmentation follows the data:
 CIFAR-10 at 224 px with RandomCrop(224, padding=28) + flip, ImageNet RandomResizedCrop(224) + flip
 and Resize(256) + CenterCrop(224) at test time. The paper names no learning-rate schedule, so the
-presets keep the named lr constant (`schedule="constant"`); `--schedule cosine|step` is opt-in.
+presets keep the named lr constant (`schedule="constant"`); `--schedule cosine|step-50-75` is opt-in.
 
 Digits (bundled ID set) use a small-resolution recipe without flips: handwritten digits are
 not mirror-invariant (a flipped 2 is not a 2), so flipping would teach the wrong invariance.

@@ -38,7 +38,24 @@ def store(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.savez(folder / "cscores.npz", scores=rng.random(1300), labels=y[:1300])
     np.savez(folder / "wrong.npz", scores=rng.random(1300), labels=(y[:1300] + 1) % 10)
+    _imagenet_r_entries(folder)
     return folder
+
+
+def _imagenet_r_entries(folder):
+    """ImageNet train/val features on 20 of ImageNet-R's classes and an ImageNet-R set (a class-subset OOD set)."""
+    from probekit.robustness.shifts import shift_for
+
+    shift = shift_for("imagenet-r")
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(1000)]
+    ytr = np.repeat(np.array(shift.all_imagenet_indices[:20]), 3)
+    feats = lambda labels: rng.normal(size=(len(labels), 8)).astype(np.float32)  # noqa: E731
+    kw = dict(backbone=MODEL, weight_id="test")
+    write_feature_entry(folder, "imagenet", "train", feats(ytr), ytr, classes=classes, label_space="imagenet1k", **kw)
+    write_feature_entry(folder, "imagenet", "val", feats(ytr), ytr, classes=classes, label_space="imagenet1k", **kw)
+    yood = np.arange(20)
+    write_feature_entry(folder, "imagenet-r", "test", feats(yood), yood, classes=list(shift.classes), label_space="imagenet-r", **kw)
 
 
 SETS = ("digits:train", "digits:test", ["mnist5k:test"])
@@ -113,10 +130,14 @@ def test_lbfgs_grid_cells_equal_train_head_alone(store, tmp_path):
         assert read_run(cell_dir(res.out, cell)).summary["chosen_l2"] == alone.summary["chosen_l2"]
 
 
-def cli(store, out, *extra):
-    return main(["ablate", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--id", "digits:test",
-                 "--ood", "mnist5k:test", "--baseline", str(store / "base.json"), "--out", str(out), "--no-progress",
-                 "--batch-size", "128", "--epochs", "2", *extra])
+DIGIT_SETS = ("--train", "digits:train", "--id", "digits:test", "--ood", "mnist5k:test", "--baseline", "{store}/base.json")
+IMAGENET_R_SETS = ("--train", "imagenet:train", "--id", "imagenet:val", "--ood", "imagenet-r:test")
+
+
+def cli(store, out, *extra, sets=DIGIT_SETS):
+    return main(["ablate", "--model", MODEL, "--cache-dir", str(store), *[a.replace("{store}", str(store)) for a in sets],
+                 "--out", str(out), "--no-progress", "--batch-size", "128", "--epochs", "2",
+                 *[e.replace("{store}", str(store)) for e in extra]])
 
 
 def _snapshot(folder):
@@ -157,46 +178,44 @@ def test_shards_split_the_grid_and_list_prints_cells(store, tmp_path, capsys):
     assert sorted(x for i in (1, 2, 3) for x in shard_cells(cells, parse_shard(f"{i}/3"))) == cells
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--sizes", "5", "5"], "repeats 5"), (["--sizes", "five"], "whole numbers"), (["--sizes", "0"], "at least 1"),
-    (["--sizes", "500"], "smallest class"), (["--classes", "11"], "only 10 classes"), (["--classes", "1"], "at least 2"),
+BAD_GRIDS = [(DIGIT_SETS, extra, match) for extra, match in [
+    (["--sizes", "5", "5"], "repeats 5"), (["--sizes", "all", "ALL"], "repeats all"), (["--sizes", "five"], "whole numbers"),
+    (["--sizes", "0"], "at least 1"), (["--sizes", "500"], "smallest class"), (["--classes", "11"], "only 10 classes"),
+    (["--classes", "1"], "at least 2"), (["--classes", "3", "3"], "--classes repeats 3"),
+    (["--classes", "3", "4", "03"], "--classes repeats 3"),
     (["--difficulty", "medium", "--difficulty-size", "5"], "not one of"), (["--difficulty", "easiest"], "--difficulty-size"),
     (["--difficulty", "easiest", "--difficulty-size", "5"], "needs C-scores"),
     (["--difficulty", "hardest", "--difficulty-size", "5", "--cscores", "{store}/wrong.npz"], "disagrees"),
+    (["--difficulty", "easiest", "easiest", "--difficulty-size", "5", "--cscores", "{store}/cscores.npz"],
+     "--difficulty repeats easiest"),
+    (["--difficulty", "random", "hardest", "Random", "--difficulty-size", "5"], "--difficulty repeats random"),
     (["--sizes", "5", "--shard", "3/2"], "--shard"), (["--sizes", "5", "--shard", "0/2"], "--shard"),
     (["--sizes", "5", "--shard", "x"], "--shard"), (["--sizes", "5", "--seeds", "0", "0"], "repeats 0"),
     (["--sizes", "5", "--lr", "0.1", "0.1"], "repeats 0.1"), (["--sizes", "5", "--mode", "adam"], "ablate mode"),
     (["--sizes", "5", "--mode", "lbfgs", "--lr", "0.1"], "--lr"), (["--sizes", "5", "--budget", "time"], "budget"),
     ([], "grid is empty"), (["--sizes", "5", "--epochs", "3"], "other options"),
-])
-def test_bad_input_one_line_exit_2_and_complete_grid_untouched(store, tmp_path_factory, capsys, extra, match):
+]] + [
+    # diversity cells train on K classes drawn per seed, which a class-subset OOD set (ImageNet-R, ObjectNet) cannot score
+    (IMAGENET_R_SETS, ["--classes", "5"], "class-subset OOD sets"),
+    (IMAGENET_R_SETS, ["--sizes", "1", "--classes", "2", "5"], "class-subset OOD sets"),
+]
+
+
+@pytest.mark.parametrize("sets,extra,match", BAD_GRIDS, ids=[f"{'imagenet-r:' if s is IMAGENET_R_SETS else ''}{' '.join(e)}"
+                                                           for s, e, _ in BAD_GRIDS])
+def test_bad_input_one_line_exit_2_and_complete_grid_untouched(store, tmp_path_factory, capsys, sets, extra, match):
     out = tmp_path_factory.mktemp("done") / "abl"
-    assert cli(store, out, "--sizes", "5", "--seeds", "0") == 0
+    complete = ("--sizes", "5", "--seeds", "0") if sets is DIGIT_SETS else ("--sizes", "1", "--seeds", "0")
+    assert cli(store, out, *complete, sets=sets) == 0
     before = _snapshot(out)
+    assert len(before) > 4 and is_complete(out / "cells" / f"size={complete[1]},seed=0,lr=0.001")
     capsys.readouterr()
-    assert cli(store, out, *[e.replace("{store}", str(store)) for e in extra]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("probekit: error:") and "\n" not in err and match in err
+    assert cli(store, out, *extra, sets=sets) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("probekit: error:") and err.count("\n") == 1 and match in err, err
+    assert "Traceback" not in err and captured.out == ""
     assert _snapshot(out) == before
-
-
-def test_class_cells_refuse_class_subset_ood_sets(tmp_path, capsys):
-    from probekit.robustness.shifts import shift_for
-
-    shift = shift_for("imagenet-r")
-    rng = np.random.default_rng(0)
-    classes = [f"c{i}" for i in range(1000)]
-    ytr = np.repeat(np.array(shift.all_imagenet_indices[:20]), 3)
-    feats = lambda labels: rng.normal(size=(len(labels), 8)).astype(np.float32)  # noqa: E731
-    kw = dict(backbone=MODEL, weight_id="test")
-    write_feature_entry(tmp_path, "imagenet", "train", feats(ytr), ytr, classes=classes, label_space="imagenet1k", **kw)
-    write_feature_entry(tmp_path, "imagenet", "val", feats(ytr), ytr, classes=classes, label_space="imagenet1k", **kw)
-    yood = np.arange(20)
-    write_feature_entry(tmp_path, "imagenet-r", "test", feats(yood), yood, classes=list(shift.classes), label_space="imagenet-r", **kw)
-    out = tmp_path / "abl"
-    rc = main(["ablate", "--model", MODEL, "--cache-dir", str(tmp_path), "--train", "imagenet:train", "--id", "imagenet:val",
-               "--ood", "imagenet-r:test", "--classes", "5", "--out", str(out), "--no-progress"])
-    assert rc == 2 and "class-subset OOD sets" in capsys.readouterr().err and not out.exists()
 
 
 def test_ablation_file_lists_grid_and_cells(store, tmp_path):
@@ -230,11 +249,17 @@ def test_cscore_estimate_file_feeds_ablate(store, tmp_path, capsys):
     assert main(["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(out),
                  "--no-progress", "--heads-per-ratio", "4"]) == 0
     printed = capsys.readouterr().out
-    rho = float(printed.split("split-half Spearman ")[1].split()[0])
-    assert rho > 0.4  # two independent halves of the heads rank the examples alike
+    two_seed = float(printed.split("stability: Spearman ")[1].split()[0])
+    half = float(printed.split("split-half Spearman ")[1].split()[0])
+    assert "with a second estimate (seed 1)" in printed
+    assert two_seed > 0.4 and half > 0.4  # two whole estimates (and two halves of one) rank the examples alike
+    assert two_seed > half  # whole estimates agree more than half-size ones
     with np.load(out) as z:
         assert z["scores"].shape == (1300,) and ((0 <= z["scores"]) & (z["scores"] <= 1)).all() and (z["held_out"] >= 1).all()
-        assert int(z["n_heads"]) == 12
+        assert int(z["n_heads"]) == 12 and int(z["seed"]) == 0 and int(z["stability_seed"]) == 1
+        assert float(z["two_seed_spearman"]) == pytest.approx(two_seed, abs=5e-4)
+        assert float(z["split_half_spearman"]) == pytest.approx(half, abs=5e-4)
+        first = z["scores"]
     from sklearn.datasets import load_digits
 
     labels = load_digits().target[:1300]
@@ -242,6 +267,17 @@ def test_cscore_estimate_file_feeds_ablate(store, tmp_path, capsys):
     assert scores.mean() > 0.8
     assert main(["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
+    # the two-seed ρ is that of two whole estimates: the one written with --seed 1 against the one with --seed 0
+    other = tmp_path / "cs1.npz"
+    assert main(["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(other),
+                 "--no-progress", "--heads-per-ratio", "4", "--seed", "1", "--stability-seed", "none"]) == 0
+    printed = capsys.readouterr().out
+    assert "no second estimate" in printed and "seed 1" in printed
+    from scipy.stats import spearmanr
+
+    with np.load(other) as z:
+        assert "two_seed_spearman" not in z.files and int(z["seed"]) == 1
+        assert float(spearmanr(first, z["scores"]).statistic) == pytest.approx(two_seed, abs=5e-4)
     res = ablate(*SETS, out=tmp_path / "abl", grid=make_grid(difficulty=["easiest", "hardest"], difficulty_size=20, seeds=[0], lrs=[0.3]),
                  cscores=out, **_kw(store, batch_size=100, epochs=3))
     rows = {r["cell"]: r for r in res.table}
@@ -251,14 +287,55 @@ def test_cscore_estimate_file_feeds_ablate(store, tmp_path, capsys):
         assert left_out.min() >= 1
 
 
+def test_cscore_compare_reports_the_rank_correlation_with_a_reference(store, tmp_path, capsys):
+    """--compare FILE.npz (the published layout: scores and labels in the training set's order) prints the Spearman ρ
+    of the estimate with it, the same as `rank_correlation`."""
+    from scipy.stats import spearmanr
+    from sklearn.datasets import load_digits
+
+    from probekit.ablate.cscore import CScores, rank_correlation
+
+    labels = load_digits().target[:1300]
+    rng = np.random.default_rng(1)
+    # a reference that agrees with the easy / hard split of the classes, plus noise
+    reference = np.where(np.isin(labels, [1, 8, 9]), 0.4, 0.9) + rng.normal(0, 0.05, len(labels))
+    ref = tmp_path / "reference.npz"
+    np.savez(ref, scores=reference, labels=labels)
+    out = tmp_path / "cs.npz"
+    args = ["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(out), "--no-progress",
+            "--heads-per-ratio", "4", "--stability-seed", "none"]
+    assert main([*args, "--compare", str(ref)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and printed[1].startswith(f"Spearman with {ref}: ")
+    shown = float(printed[1].rsplit(": ", 1)[1])
+    with np.load(out) as z:
+        scores = z["scores"]
+    want = float(spearmanr(scores, reference).statistic)
+    assert shown == pytest.approx(want, abs=5e-4) and not np.isnan(shown)
+    est = CScores(scores, labels, np.arange(1300), np.ones(1300, int), [0.5], 12, 0.0, "digits:train")
+    assert rank_correlation(est, ref) == pytest.approx(want, abs=1e-12)
+    np.savez(ref, scores=-reference, labels=labels)  # reversed ranks: the opposite correlation
+    assert main([*args, "--compare", str(ref), "--overwrite"]) == 0
+    assert float(capsys.readouterr().out.splitlines()[1].rsplit(": ", 1)[1]) == pytest.approx(-want, abs=5e-4)
+    # a reference of other rows is refused before any work, the written estimate left as it was
+    before = out.read_bytes()
+    assert main([*args, "--compare", str(store / "wrong.npz"), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probekit: error:") and err.count("\n") == 1 and "disagree" in err
+    assert out.read_bytes() == before
+
+
 @pytest.mark.parametrize("extra,match", [(["--ratios", "1.5"], "between 0 and 1"), (["--ratios", "0.5", "0.5"], "repeats"),
                                          (["--heads-per-ratio", "0"], "heads-per-ratio"), (["--out", "x.txt"], ".npz"),
-                                         (["--compare", "/nonexistent.npz"], "no such file")])
+                                         (["--compare", "/nonexistent.npz"], "no such file"),
+                                         (["--seed", "3", "--stability-seed", "3"], "equals --seed"),
+                                         (["--stability-seed", "some"], "or none"), (["--stability-seed", "-1"], "at least 0")])
 def test_cscore_bad_input(store, tmp_path, capsys, extra, match):
     args = ["cscore", "--model", MODEL, "--cache-dir", str(store), "--train", "digits:train", "--out", str(tmp_path / "c.npz"), *extra]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("probekit: error:") and "\n" not in err and match in err
+    assert not (tmp_path / "c.npz").exists()
 
 
 def test_finetune_mode_runs_cells_as_finetune_folders_skips_and_resumes(store, tmp_path, capsys):

@@ -5,8 +5,12 @@ random subset of the *rest* of the data, averaged over subset sizes. Jiang et al
 with thousands of networks; here the model is a linear head on frozen features, so many heads,
 each on its own random subset (``SGDHeads.fit(head_rows=...)``), train in one batched pass.
 Every example's score is the fraction of the heads that did not see it which classify it
-correctly. The estimate's stability is its split-half rank correlation: the Spearman ρ between
-the scores of the even and the odd heads (two independent estimates of half the size).
+correctly. The estimate's stability is the Spearman ρ between two whole estimates made with
+different seeds (`stability_seed`: other random subsets, other head initialisations and data
+orders; its heads train in the same batched pass, so it costs as many heads again), and, from one
+estimate alone, its split-half rank correlation: the Spearman ρ between the scores of the even
+and the odd heads (two independent estimates of half the size, so it understates the stability
+of the whole). The scores written are those of `seed` alone.
 
 The output is the `.npz` the `--cscores` option reads: ``scores`` and ``labels`` in the feature
 file's row order (plus ``index``, the source-dataset index of each row, and how it was made).
@@ -39,11 +43,17 @@ class CScores:
     n_heads: int
     split_half_spearman: float
     train: str
+    seed: int = 0
+    stability_seed: int | None = None      # the second estimate's seed (None: not made)
+    two_seed_spearman: float | None = None  # Spearman ρ between the estimates of `seed` and `stability_seed`
+    compare_spearman: float | None = None   # Spearman ρ with the `compare` reference file
 
     def arrays(self) -> dict[str, np.ndarray]:
+        extra = {} if self.stability_seed is None else {"stability_seed": np.asarray(self.stability_seed, np.int64),
+                                                        "two_seed_spearman": np.asarray(self.two_seed_spearman)}
         return {"scores": self.scores, "labels": self.labels, "index": self.index, "held_out": self.held_out,
                 "ratios": np.asarray(self.ratios, np.float64), "n_heads": np.asarray(self.n_heads),
-                "split_half_spearman": np.asarray(self.split_half_spearman)}
+                "seed": np.asarray(self.seed, np.int64), "split_half_spearman": np.asarray(self.split_half_spearman), **extra}
 
 
 def random_subsets(n: int, ratios: Sequence[float], heads_per_ratio: int, seed: int) -> list[np.ndarray]:
@@ -64,9 +74,15 @@ def random_subsets(n: int, ratios: Sequence[float], heads_per_ratio: int, seed: 
 
 def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights: str = "default", image_size: int | None = None,
                      feature: str | None = None, ratios: Sequence[float] = (0.25, 0.5, 0.75), heads_per_ratio: int = 8,
-                     seed: int = 0, lr: float = 0.1, batch_size: int = 128, epochs: float = 20, momentum: float = 0.9,
-                     weight_decay: float = 0.0, device=None, storage_dtype: str = "float32", progress: bool = True) -> CScores:
-    """Estimate the C-score of every row of the training features `train` (``dataset:split``, ``.h5`` or FeatureSet)."""
+                     seed: int = 0, stability_seed: int | None = None, compare=None, lr: float = 0.1, batch_size: int = 128,
+                     epochs: float = 20, momentum: float = 0.9, weight_decay: float = 0.0, device=None,
+                     storage_dtype: str = "float32", progress: bool = True) -> CScores:
+    """Estimate the C-score of every row of the training features `train` (``dataset:split``, ``.h5`` or FeatureSet).
+
+    `stability_seed`: also make a second, independent estimate with this seed (its heads in the same
+    pass) and report the Spearman ρ between the two (``two_seed_spearman``); the scores are `seed`'s.
+    `compare`: a C-score file of the same rows (e.g. Jiang et al.'s CIFAR-10), read and checked
+    before any training; ``compare_spearman`` is the rank correlation with it."""
     import torch
     from scipy.stats import spearmanr
     from probekit.progress import progress_bar
@@ -84,6 +100,8 @@ def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights
         raise UserError(f"--ratios repeats a value ({ratios}); give each once")
     if int(heads_per_ratio) != heads_per_ratio or heads_per_ratio < 1 or heads_per_ratio * len(ratios) < 2:
         raise UserError(f"--heads-per-ratio must be a positive whole number with at least 2 heads in all, got {heads_per_ratio!r}")
+    if stability_seed is not None and int(stability_seed) == int(seed):
+        raise UserError(f"--stability-seed {stability_seed} equals --seed: the second estimate needs another seed")
     dev = choose_device(device)
     find_kw = {k: v for k, v in (("weights", weights), ("image_size", image_size), ("feature", feature)) if v not in (None, "default")}
     tr = _load(train, model=model, cache_dir=cache_dir, find_kw=find_kw, role="train")
@@ -91,18 +109,25 @@ def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights
     X, y = tr.features, tr.labels
     if len(y) < 4:
         raise UserError(f"training features {tr.name} have {len(y)} rows; C-scores need a real training set")
-    subsets = random_subsets(len(y), ratios, int(heads_per_ratio), seed)
-    H = len(subsets)
-    est = SGDHeads(heads=[(lr, seed * 100_003 + h) for h in range(H)], batch_size=batch_size, epochs=epochs, momentum=momentum,
-                   weight_decay=weight_decay, eval_every=0, n_classes=tr.num_classes, device=dev, storage_dtype=storage_dtype)
+    reference = None
+    if compare is not None:  # refused (another dataset, unreadable) before the work, not after it
+        from probekit.datasets.subsets import load_cscores
+
+        reference = load_cscores(compare, y)
+    seeds = [int(seed)] + ([int(stability_seed)] if stability_seed is not None else [])
+    subsets = [rows for s in seeds for rows in random_subsets(len(y), ratios, int(heads_per_ratio), s)]
+    H = len(subsets) // len(seeds)  # heads of one estimate; those of seed k are [k * H, (k + 1) * H)
+    est = SGDHeads(heads=[(lr, s * 100_003 + h) for s in seeds for h in range(H)], batch_size=batch_size, epochs=epochs,
+                   momentum=momentum, weight_decay=weight_decay, eval_every=0, n_classes=tr.num_classes, device=dev,
+                   storage_dtype=storage_dtype)
     bar = progress_bar(total=int(head_steps([len(s) for s in subsets], batch_size, epochs).max()), enabled=progress, unit="step",
-                       desc=f"cscore ({H} heads)", leave=False)
+                       desc=f"cscore ({len(subsets)} heads)", leave=False)
     try:
         est.fit(X, y, head_rows=subsets, callback=lambda p: bar.update(max(0, p.step - bar.n)))
     finally:
         bar.close()
-    pred = predict_heads(torch.from_numpy(np.ascontiguousarray(X)).to(dev), est.W_, est.b_).cpu().numpy()  # [H, N]
-    held = np.ones((H, len(y)), dtype=bool)
+    pred = predict_heads(torch.from_numpy(np.ascontiguousarray(X)).to(dev), est.W_, est.b_).cpu().numpy()  # [heads, N]
+    held = np.ones((len(subsets), len(y)), dtype=bool)
     for h, rows in enumerate(subsets):
         held[h, rows] = False
     correct = (pred == y[None]) & held
@@ -112,13 +137,19 @@ def estimate_cscores(train, *, model: str | None = None, cache_dir=None, weights
         with np.errstate(invalid="ignore", divide="ignore"):
             return correct[heads].sum(0) / n
 
+    def rank_corr(a: np.ndarray, b: np.ndarray) -> float:
+        both = np.isfinite(a) & np.isfinite(b)
+        return float(spearmanr(a[both], b[both]).statistic) if both.sum() > 2 else float("nan")
+
     scores = score(np.arange(H))
-    a, b = score(np.arange(0, H, 2)), score(np.arange(1, H, 2))
-    both = np.isfinite(a) & np.isfinite(b)
-    rho = float(spearmanr(a[both], b[both]).statistic) if both.sum() > 2 else float("nan")
-    log.info("cscore: %d heads on %s, split-half Spearman %.3f", H, tr.name, rho)
-    return CScores(scores.astype(np.float64), y.astype(np.int64), np.asarray(tr.index, np.int64), held.sum(0).astype(np.int64),
-                   ratios, H, rho, tr.name)
+    rho = rank_corr(score(np.arange(0, H, 2)), score(np.arange(1, H, 2)))
+    two_seed = rank_corr(scores, score(np.arange(H, 2 * H))) if len(seeds) == 2 else None
+    compared = rank_corr(scores, reference) if reference is not None else None
+    log.info("cscore: %d heads on %s, split-half Spearman %.3f%s", H, tr.name, rho,
+             f", Spearman {two_seed:.3f} with a second estimate (seed {seeds[1]})" if two_seed is not None else "")
+    return CScores(scores.astype(np.float64), y.astype(np.int64), np.asarray(tr.index, np.int64), held[:H].sum(0).astype(np.int64),
+                   ratios, H, rho, tr.name, seed=int(seed), stability_seed=seeds[1] if len(seeds) == 2 else None,
+                   two_seed_spearman=two_seed, compare_spearman=compared)
 
 
 def write_cscores(path: str | os.PathLike, result: CScores, *, overwrite: bool = False) -> Path:

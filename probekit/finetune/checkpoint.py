@@ -15,6 +15,10 @@ configuration):
 2. the record layer's ``config`` (``ood``, ``val_set``, ``baselines: {set: fit}``), no
    ``save_predictions``: read, as ``save_predictions: "end"`` (what those runs did).
 3. version 2 plus ``format``, ``version`` and ``save_predictions`` in the configuration.
+
+A checkpoint whose ``format`` names another command is refused. train-head's SGD checkpoints
+share this file layer (`load_checkpoint` with their own reading of the layouts, `check_layout`),
+see `probekit.heads.resume`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -53,8 +57,12 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
-    """Load a checkpoint and refuse it (UserError) when it was written under another configuration."""
+def load_checkpoint(path: Path, config: dict, current: Callable[[Path, dict], dict] | None = None) -> dict[str, Any]:
+    """Load a checkpoint and refuse it (UserError) when it was written under another configuration.
+
+    `current(path, state)` returns the checkpoint's configuration in today's spelling or raises a
+    UserError saying why it cannot be continued (default: finetune's layouts, see the module doc;
+    train-head passes its own, `probekit.heads.resume`)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file
@@ -62,7 +70,7 @@ def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
     if not isinstance(state, dict) or "config" not in state:
         raise UserError(f"{path} is not a probekit checkpoint; pass another --out or --overwrite to start afresh")
     try:
-        saved = _current_config(path, state)
+        saved = (current or _current_config)(path, state)
     except UserError:
         raise
     except (TypeError, ValueError) as e:  # a version or config that is not what probekit writes
@@ -76,6 +84,24 @@ def load_checkpoint(path: Path, config: dict) -> dict[str, Any]:
     return state
 
 
+def check_layout(path: Path, state: dict[str, Any], version: int, *, fmt: str, newest: int) -> None:
+    """Refuse (UserError, one line naming --overwrite) a checkpoint of another command, of a newer
+    probekit (`version` above `newest`) or of one before the record layer (`version` 1)."""
+    found = state.get("format", fmt)
+    if not isinstance(found, str) or found != fmt:
+        found = found if isinstance(found, str) else type(found).__name__
+        raise UserError(f"{path} is a {found!r} checkpoint, not a {fmt!r} one, so this command cannot continue it; "
+                        "pass another --out, or --overwrite instead of --resume to start the run afresh")
+    if version > newest:
+        raise UserError(f"checkpoint {path} was written by a newer probekit (checkpoint version {version}, this one reads "
+                        f"up to {newest}); resume it with that probekit, or pass --overwrite instead of --resume "
+                        "to start the run afresh")
+    if version < 2:
+        raise UserError(f"checkpoint {path} was written by an earlier probekit (before every mode shared one run-record "
+                        "layout) and cannot be continued by this one; rerun the same command with --overwrite instead of "
+                        "--resume to start the run afresh (its folder is replaced only when the new run finishes)")
+
+
 def checkpoint_version(state: dict[str, Any]) -> int:
     """The layout of a loaded checkpoint (see the module docstring); unversioned ones by their configuration."""
     if "version" in state:
@@ -86,14 +112,7 @@ def checkpoint_version(state: dict[str, Any]) -> int:
 def _current_config(path: Path, state: dict[str, Any]) -> dict:
     """The checkpoint's configuration in today's spelling, or a UserError saying why it cannot be continued."""
     version = checkpoint_version(state)
-    if version > CHECKPOINT_VERSION:
-        raise UserError(f"checkpoint {path} was written by a newer probekit (checkpoint version {version}, this one reads "
-                        f"up to {CHECKPOINT_VERSION}); resume it with that probekit, or pass --overwrite instead of --resume "
-                        "to start the run afresh")
-    if version < 2:
-        raise UserError(f"checkpoint {path} was written by an earlier probekit (before every mode shared one run-record "
-                        "layout) and cannot be continued by this one; rerun the same command with --overwrite instead of "
-                        "--resume to start the run afresh (its folder is replaced only when the new run finishes)")
+    check_layout(path, state, version, fmt=CHECKPOINT_FORMAT, newest=CHECKPOINT_VERSION)
     saved = json.loads(state["config"])
     if not isinstance(saved, dict):
         raise TypeError("its config is not a JSON object")

@@ -6,6 +6,18 @@ saved predictions so far, and the run's configuration fingerprint. It is written
 evaluation when `every_s` seconds have passed since the last one (``$PROBEKIT_CHECKPOINT_SECONDS``,
 default 30) and when SIGTERM / Ctrl-C stops the run. Resuming truncates the log to the
 checkpoint's step and trains on from there, so the finished log equals an uninterrupted run's.
+
+Layouts (``version``; the state says it, with ``format``, since version 3; earlier ones are told
+apart by their configuration, numbered like finetune's):
+
+1. before the shared record layer (``config`` spells ``baseline``, ``baseline_fit``, ``er_sets``):
+   refused on resume in one line naming ``--overwrite`` (its log holds records of the older
+   schema, so a continued run could not end with the log an uninterrupted run writes).
+2. the record layer's ``config`` (``baselines: {set: fit}``, ``val_set``), no ``format`` / ``version``:
+   read as version 3.
+3. version 2 plus ``format: "probekit-train-head-checkpoint"`` and ``version: 3`` in the state.
+
+A newer version, or a checkpoint of another command (finetune's format), is refused the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from probekit.errors import UserError
-from probekit.finetune.checkpoint import CHECKPOINT_DIR, checkpoint_path, load_checkpoint, save_checkpoint
+from probekit.finetune.checkpoint import CHECKPOINT_DIR, check_layout, checkpoint_path, load_checkpoint, save_checkpoint
 
+CHECKPOINT_FORMAT = "probekit-train-head-checkpoint"
+CHECKPOINT_VERSION = 3
 CHECKPOINT_SECONDS_ENV = "PROBEKIT_CHECKPOINT_SECONDS"
 RUNTIME_FIELDS = ("device", "torch")  # may change between a run and its resume
 
@@ -49,7 +63,26 @@ def resume_point(out: str | os.PathLike | None, config: dict, *, resume: bool, o
         return None
     if not resume and not is_complete(out):
         raise UserError(f"{out} holds the checkpoint of an unfinished run; pass --resume to continue it or --overwrite to start afresh")
-    return load_checkpoint(path, resumable_config(config)) if resume else None
+    return load_checkpoint(path, resumable_config(config), current=_current_config) if resume else None
+
+
+def train_head_checkpoint_version(state: dict[str, Any]) -> int:
+    """The layout of a loaded train-head checkpoint (see the module doc); unversioned ones by their configuration."""
+    if "version" in state:
+        return int(state["version"])
+    config = json.loads(state["config"])
+    if not isinstance(config, dict):
+        raise TypeError("its config is not a JSON object")
+    return 1 if {"baseline_fit", "er_sets"} & set(config) or "baselines" not in config else 2
+
+
+def _current_config(path: Path, state: dict[str, Any]) -> dict:
+    """The checkpoint's configuration (today's spelling: versions 2 and 3 agree), or a UserError saying why not."""
+    check_layout(path, state, train_head_checkpoint_version(state), fmt=CHECKPOINT_FORMAT, newest=CHECKPOINT_VERSION)
+    saved = json.loads(state["config"])
+    if not isinstance(saved, dict):
+        raise TypeError("its config is not a JSON object")
+    return saved
 
 
 class Checkpointer:
@@ -71,8 +104,9 @@ class Checkpointer:
         import torch
 
         preds = {name: torch.from_numpy(np.stack(p)) if p else torch.zeros(0, dtype=torch.int16) for name, p in predictions.items()}
-        save_checkpoint(self.path, {"config": self.config, "step": int(sgd_state["step"]), "sgd": sgd_state,
-                                    "predictions": preds, "pred_steps": list(pred_steps)})
+        save_checkpoint(self.path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config,
+                                    "step": int(sgd_state["step"]), "sgd": sgd_state, "predictions": preds,
+                                    "pred_steps": list(pred_steps)})
         self.last, self.step = time.monotonic(), int(sgd_state["step"])
 
 

@@ -122,3 +122,70 @@ def test_stop_signal_checkpoints_says_resume_and_resumes(tmp_path, feature_store
     done = run_cli([*args, "--resume"])
     assert done.returncode == 0, done.stderr
     _same(_outputs(out), reference)
+
+
+def test_checkpoints_of_earlier_layouts(tmp_path, feature_store, ref_train, ref_test, reference, capsys, monkeypatch):
+    """Checkpoints carry format/version 3; an unversioned record-layer one (version 2) resumes to the uninterrupted
+    run; one from before the record layer (version 1), a newer version and another command's are refused in one
+    `probekit: error:` line naming --overwrite, checkpoint and log byte for byte as they were; --overwrite then works."""
+    from probekit.finetune.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    args = _args(feature_store, ref_train, ref_test, out)
+    monkeypatch.setenv("PROBEKIT_CHECKPOINT_SECONDS", "0")
+    log_many, count = runlog.RunWriter.log_many, [0]
+
+    def term_after_10(self, records):  # SIGTERM in the middle of the run: it stops at the step with a checkpoint
+        log_many(self, records)
+        count[0] += 1
+        if count[0] == 10:
+            signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(runlog.RunWriter, "log_many", term_after_10)
+    assert _in_process(args, capsys) == 128 + signal.SIGTERM, capsys.readouterr().err
+    monkeypatch.setattr(runlog.RunWriter, "log_many", log_many)
+    ckpt = out / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["format"] == "probekit-train-head-checkpoint" and state["version"] == 3
+    config = json.loads(state["config"])
+    current = {k: v for k, v in state.items() if k not in ("format", "version")}
+
+    def write(s) -> bytes:
+        save_checkpoint(ckpt, s)
+        return ckpt.read_bytes()
+
+    def refused(needle: str) -> str:
+        before, log = ckpt.read_bytes(), (out / "log.jsonl").read_text()
+        assert _in_process([*args, "--resume"], capsys) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("probekit: error: ") and needle in err, err
+        assert "Traceback" not in err and "another configuration" not in err
+        assert ckpt.read_bytes() == before and (out / "log.jsonl").read_text() == log and not runlog.is_complete(out)
+        return err
+
+    # version 1: train-head's config before the record layer (one baseline name + fit, er_sets; no baselines / val_set)
+    old = {k: v for k, v in config.items() if k not in ("baselines", "val_set")} | {"baseline": None, "baseline_fit": None,
+                                                                                    "er_sets": []}
+    v1 = write({**current, "config": json.dumps(old)})
+    assert "--overwrite" in refused("earlier probekit")
+    write({**state, "version": 99})
+    assert "--overwrite" in refused("newer probekit")
+    write({**state, "format": "probekit-finetune-checkpoint"})
+    assert "--overwrite" in refused("'probekit-finetune-checkpoint' checkpoint, not a 'probekit-train-head-checkpoint'")
+    write({**state, "version": "three"})
+    refused("is not a probekit checkpoint")
+
+    # version 2: today's config without format / version resumes, to the log an uninterrupted run writes
+    write(current)
+    assert _in_process([*args, "--resume"], capsys) == 0, capsys.readouterr().err
+    _same(_outputs(out), reference)
+    assert not (out / "checkpoints").exists()
+
+    # what the refusal says works: an unfinished old run (its version-1 checkpoint) is started afresh by --overwrite
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(v1)
+    (out / "summary.json").unlink()
+    assert _in_process([*args, "--resume"], capsys) == 2 and "earlier probekit" in capsys.readouterr().err
+    assert _in_process([*args, "--overwrite"], capsys) == 0, capsys.readouterr().err
+    _same(_outputs(out), reference)
+    assert not (out / "checkpoints").exists()

@@ -202,7 +202,7 @@ def _predictions(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor, restrict=Non
     H, D, C = W.shape
     X = X.float() if X.dtype == torch.float16 else X
     flat = W.transpose(1, 2).reshape(H * C, D).to(X.dtype)
-    return ((flat @ X.T).view(H, C, -1) + b.to(X.dtype)[:, :, None]).max(1).indices
+    return torch.addmm(b.to(X.dtype).reshape(H * C, 1), flat, X.T).view(H, C, -1).max(1).indices
 
 
 def _chunk_rows(W: torch.Tensor, chunk_elems: int) -> int:

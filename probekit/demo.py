@@ -180,10 +180,11 @@ def _ablation(out: Path, s: DemoSettings, key: dict, common: dict) -> Path:
     cscores = out / "cscores.npz"
     feature_source = {k: common[k] for k in ("model", "cache_dir", "image_size")}
     if fresh or not cscores.exists():
-        est = estimate_cscores(ID_TRAIN, heads_per_ratio=s.cscore_heads_per_ratio, device=common["device"], progress=False,
-                               **feature_source)
+        est = estimate_cscores(ID_TRAIN, heads_per_ratio=s.cscore_heads_per_ratio, stability_seed=1, device=common["device"],
+                               progress=False, **feature_source)
         write_cscores(cscores, est, overwrite=True)
-        print(f"  {len(est.scores)} C-scores from {est.n_heads} heads, split-half Spearman {est.split_half_spearman:.2f}")
+        print(f"  {len(est.scores)} C-scores from {est.n_heads} heads; stability: Spearman {est.two_seed_spearman:.2f} "
+              f"with a second estimate (seed 1), split-half {est.split_half_spearman:.2f}")
     grid = make_grid(sizes=s.ablation_sizes, difficulty=("easiest", "hardest", "random"),
                      difficulty_size=s.ablation_difficulty_size, seeds=s.ablation_seeds, lrs=[s.ablation_lr])
     res = ablate(ID_TRAIN, ID_TEST, [OOD], out=folder, grid=grid, cscores=cscores, overwrite=fresh, baseline=common["baseline"],

@@ -16,8 +16,8 @@ problem at a time, with the same code.
   approximate Wolfe test, which needs only directional derivatives.
 * A solve stops for one stated reason: ``"gtol"`` (max |∇f| ≤ tol, the only reason that
   counts as converged), ``"max_iter"``, ``"ftol"`` (relative change of f below 1e-15 ·
-  max(|f|, |f_new|): truly relative; twice in a row, the second time right after dropping the pairs) or ``"line_search"`` (no acceptable step exists at
-  this precision).
+  max(|f|, |f_new|): truly relative; twice in a row, the second time right after dropping
+  the pairs) or ``"line_search"`` (no acceptable step exists at this precision).
 """
 
 from __future__ import annotations

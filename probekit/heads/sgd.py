@@ -35,6 +35,7 @@ from probekit.heads.evaluation import (
     SingleHead,
     check_features,
     check_positive_list,
+    class_major_logits,
     encode_targets,
     evaluate_all,
     make_eval_sets,
@@ -456,8 +457,6 @@ def _dense_grads(Xs, yt, W, b, idx, valid, nb, max_elems: int):
     weight = torch.zeros(H, N, device=W.device)
     w = torch.ones_like(idx, dtype=torch.float32) if valid is None else valid
     weight.scatter_add_(1, idx, w / (nb if valid is None else nb[:, None]))
-    Wt = W.transpose(1, 2).reshape(H * C, D)
-    bias = b.reshape(H * C, 1)
     gW = torch.zeros(H * C, D, device=W.device)
     gb = torch.zeros(H, C, device=W.device)
     loss = torch.zeros(H, device=W.device)
@@ -468,7 +467,7 @@ def _dense_grads(Xs, yt, W, b, idx, valid, nb, max_elems: int):
             continue
         Xc, yc = Xs[s:s + rows].float(), yt[s:s + rows]
         r = Xc.shape[0]
-        logits = torch.addmm(bias, Wt, Xc.T).view(H, C, r)  # the bias added inside the product
+        logits = class_major_logits(Xc, W, b)  # [H, C, r], the bias added inside the product
         lse, p = softmax_lse(logits, 1)
         pick = yc.view(1, 1, r).expand(H, 1, r)
         loss += ((lse - logits.gather(1, pick)).squeeze(1) * wc).sum(1)

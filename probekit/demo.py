@@ -184,7 +184,7 @@ def _ablation(out: Path, s: DemoSettings, key: dict, common: dict) -> Path:
                                progress=False, **feature_source)
         write_cscores(cscores, est, overwrite=True)
         print(f"  {len(est.scores)} C-scores from {est.n_heads} heads; stability: Spearman {est.two_seed_spearman:.2f} "
-              f"with a second estimate (seed 1), split-half {est.split_half_spearman:.2f}")
+              f"with a second estimate (seed {est.stability_seed}), split-half {est.split_half_spearman:.2f}")
     grid = make_grid(sizes=s.ablation_sizes, difficulty=("easiest", "hardest", "random"),
                      difficulty_size=s.ablation_difficulty_size, seeds=s.ablation_seeds, lrs=[s.ablation_lr])
     res = ablate(ID_TRAIN, ID_TEST, [OOD], out=folder, grid=grid, cscores=cscores, overwrite=fresh, baseline=common["baseline"],

@@ -48,6 +48,14 @@ class LogisticData:
         for s in range(0, self.N, rows):
             yield self.X[s:s + rows].to(self.dtype), self.y[s:s + rows]
 
+    def _logits(self, W: torch.Tensor, b: torch.Tensor):
+        """Each row chunk ``(Xc, yc, L)`` with its float64 logits ``L [k, C, r]``: the product in the
+        compute dtype, class-major (``Wᵀ [k·C, D] @ Xcᵀ``), the bias added in float64."""
+        k, D, C = W.shape
+        Wt = W.transpose(1, 2).reshape(k * C, D).to(self.dtype)
+        for Xc, yc in self._chunks(k * C):
+            yield Xc, yc, (Wt @ Xc.T).to(F64).view(k, C, -1) + b[:, :, None]
+
     def mean(self) -> torch.Tensor:
         """Feature mean ``[D]`` in float64."""
         total = torch.zeros(self.D, dtype=F64, device=self.X.device)
@@ -69,13 +77,11 @@ class LogisticData:
         """
         k, D, C = W.shape
         self.evaluations += k
-        Wt = W.transpose(1, 2).reshape(k * C, D).to(self.dtype)
         ce = torch.zeros(k, dtype=F64, device=W.device)
         gW = torch.zeros(k * C, D, dtype=F64, device=W.device)
         gb = torch.zeros(k, C, dtype=F64, device=W.device)
-        for Xc, yc in self._chunks(k * C):
+        for Xc, yc, L in self._logits(W, b):
             r = Xc.shape[0]
-            L = (Wt @ Xc.T).to(F64).view(k, C, r) + b[:, :, None]
             lse = torch.logsumexp(L, 1, keepdim=True)
             pick = yc.view(1, 1, r).expand(k, 1, r)
             ce += (lse - L.gather(1, pick)).sum((1, 2))
@@ -96,11 +102,9 @@ class LogisticData:
 
         The class factor of the Kronecker preconditioner: one pass of logits (half an
         evaluation), asked for once per λ that needs iterations."""
-        k, D, C = W.shape
-        Wt = W.transpose(1, 2).reshape(k * C, D).to(self.dtype)
+        k, _, C = W.shape
         A = torch.zeros(k, C, C, dtype=F64, device=W.device)
-        for Xc, _ in self._chunks(k * C):
-            L = (Wt @ Xc.T).to(F64).view(k, C, -1) + b[:, :, None]
+        for _, _, L in self._logits(W, b):
             P = torch.softmax(L, 1)
             A -= P @ P.transpose(1, 2)
             A.diagonal(dim1=1, dim2=2).add_(P.sum(2))
